@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the Debian packages fnlet's scripts and tests need, only those missing.
+# Safe to run repeatedly; needs root (CI runs as root).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+pkgs=(
+	containerd runc crun busybox-static   # runtime; Debian's containerd 1.6 is the compat daemon
+	docker-registry skopeo apache2-utils  # a real local registry with htpasswd for pull tests
+	openssl iproute2 iptables conntrack   # control plane certs, node networking
+	containernetworking-plugins psmisc procps
+)
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+	exit 0
+fi
+log "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts some daemons on install when it can; we start our own, by hand.

@@ -1,0 +1,457 @@
+package ctrd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+)
+
+// callHandle is the retained state of one call's container (as moby's
+// libcontainerd keeps its objects): no re-loading per operation.
+type callHandle struct {
+	id        string
+	ref       CallRef
+	container client.Container
+	limit     int64
+
+	mu        sync.Mutex
+	task      client.Task
+	exited    chan struct{} // closed once the task is seen stopped
+	exitOnce  sync.Once
+	result    *Result
+	killTimer *time.Timer
+	// feeding is set while this process writes the call's FIFO stdin.
+	feeding bool
+}
+
+func (h *callHandle) markExited() {
+	h.exitOnce.Do(func() {
+		close(h.exited)
+		h.mu.Lock()
+		if h.killTimer != nil {
+			h.killTimer.Stop()
+		}
+		h.mu.Unlock()
+	})
+}
+
+func (h *callHandle) getTask() client.Task {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.task
+}
+
+func refFromLabels(l map[string]string) CallRef {
+	return CallRef{UID: l[LabelCallUID], Namespace: l[LabelCallNamespace], Name: l[LabelCallName]}
+}
+
+func (r *Runtime) handle(id string) *callHandle {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.calls[id]
+}
+
+func (r *Runtime) putHandle(h *callHandle) *callHandle {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old, ok := r.calls[h.id]; ok {
+		return old
+	}
+	r.calls[h.id] = h
+	return h
+}
+
+func (r *Runtime) dropHandle(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.calls, id)
+	delete(r.oom, id)
+}
+
+// Run starts a call. It is idempotent: if a container for the call's UID
+// already exists (a retry, or a manager restart) it attaches to it instead
+// of making a second one. The image must have been made present with
+// EnsureImage. Invalid calls fail with errdefs.ErrInvalidArgument.
+func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
+	ctx = r.ctx(ctx)
+	id := ContainerID(call.UID)
+	if h := r.handle(id); h != nil {
+		return r.state(ctx, h)
+	}
+	if h, err := r.load(ctx, id); err == nil {
+		return r.resume(ctx, h, call)
+	} else if !errdefs.IsNotFound(err) {
+		return State{}, err
+	}
+
+	ref, err := NormalizeImageRef(call.Image)
+	if err != nil {
+		return State{}, errdefs.ErrInvalidArgument.WithMessage(err.Error())
+	}
+	ci, ok := r.images.get(ref)
+	if !ok {
+		if ci, err = r.localImage(ctx, ref); err != nil {
+			return State{}, fmt.Errorf("run %s: image not ready: %w", id, err)
+		}
+	}
+	specOpts, err := SpecOpts(call, ci.config, Policy{AllowHostNetwork: r.policy.AllowHostNetwork,
+		AllowPrivileged: r.policy.AllowPrivileged, OCIRuntime: r.runtime})
+	if err != nil {
+		return State{}, fmt.Errorf("run %s: %w", id, err)
+	}
+	labels := map[string]string{
+		LabelManagedBy:     managedByValue,
+		LabelCallUID:       call.UID,
+		LabelCallNamespace: call.Namespace,
+		LabelCallName:      call.Name,
+	}
+	c, err := r.client.NewContainer(ctx, id,
+		client.WithNewSnapshot(id, ci.img),
+		client.WithNewSpec(specOpts...),
+		client.WithContainerLabels(labels),
+		client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: r.runtime}),
+	)
+	if errdefs.IsAlreadyExists(err) {
+		// Lost a race with another Run of the same call: attach to it.
+		h, lerr := r.load(ctx, id)
+		if lerr != nil {
+			return State{}, lerr
+		}
+		return r.resume(ctx, h, call)
+	}
+	if err != nil {
+		// The image may have been removed behind our cache's back.
+		r.images.forget(ref)
+		return State{}, wrapErr(err, "create container %s", id)
+	}
+	h := r.putHandle(&callHandle{id: id, ref: refFromLabels(labels), container: c, limit: r.limitFor(call), exited: make(chan struct{})})
+	if err := r.startTask(ctx, h, call.Input); err != nil {
+		return State{}, err
+	}
+	return State{Call: h.ref, ContainerID: id, Phase: PhaseRunning, StartedAt: r.startedAt(id), LogDir: r.callDir(id)}, nil
+}
+
+func (r *Runtime) limitFor(call Call) int64 {
+	if call.OutputLimit > 0 {
+		return call.OutputLimit
+	}
+	return r.outputLimit
+}
+
+// resume continues a call whose container already exists: it starts a task
+// that was never created or started, otherwise reports its state.
+func (r *Runtime) resume(ctx context.Context, h *callHandle, call Call) (State, error) {
+	h.limit = r.limitFor(call)
+	if h.getTask() == nil {
+		if err := r.startTask(ctx, h, call.Input); err != nil {
+			return State{}, err
+		}
+	} else if st, err := h.task.Status(ctx); err == nil && st.Status == client.Created {
+		if err := r.start(ctx, h); err != nil {
+			return State{}, err
+		}
+	}
+	return r.state(ctx, h)
+}
+
+func (r *Runtime) startTask(ctx context.Context, h *callHandle, input []byte) error {
+	cfg, err := r.prepareIO(h.id, input)
+	if err != nil {
+		return fmt.Errorf("run %s: %w", h.id, err)
+	}
+	var stdin interface {
+		Write([]byte) (int, error)
+		Close() error
+	}
+	if r.stdinMode == StdinFIFO && cfg.Stdin != "" {
+		w, err := openStdinFIFO(r.bg, cfg.Stdin)
+		if err != nil {
+			return fmt.Errorf("run %s: %w", h.id, err)
+		}
+		stdin = w
+	}
+	task, err := h.container.NewTask(ctx, shimCreator(cfg))
+	if err != nil {
+		if stdin != nil {
+			stdin.Close()
+		}
+		return wrapErr(err, "create task %s", h.id)
+	}
+	h.mu.Lock()
+	h.task = task
+	h.mu.Unlock()
+	if err := r.start(ctx, h); err != nil {
+		if stdin != nil {
+			stdin.Close()
+		}
+		return err
+	}
+	if stdin != nil {
+		h.mu.Lock()
+		h.feeding = true
+		h.mu.Unlock()
+		r.feedStdin(h, task, stdin, input)
+	}
+	return nil
+}
+
+func (r *Runtime) start(ctx context.Context, h *callHandle) error {
+	if err := h.task.Start(ctx); err != nil {
+		return wrapErr(err, "start task %s", h.id)
+	}
+	if err := r.writeMarker(h.id, startedMarker, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
+		return fmt.Errorf("record start of %s: %w", h.id, err)
+	}
+	return nil
+}
+
+// feedStdin writes the input into the FIFO, closes it and tells the shim
+// (CloseIO), then records that the input is complete. The goroutine ends
+// when the write ends: done, the program exited (EPIPE), or Close.
+func (r *Runtime) feedStdin(h *callHandle, task client.Task, w interface {
+	Write([]byte) (int, error)
+	Close() error
+}, input []byte) {
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer func() { h.mu.Lock(); h.feeding = false; h.mu.Unlock() }()
+		_, werr := w.Write(input)
+		w.Close()
+		if werr != nil {
+			return
+		}
+		ctx := r.ctx(r.bg)
+		if err := task.CloseIO(ctx, client.WithStdinCloser); err != nil && !errdefs.IsNotFound(err) {
+			return
+		}
+		_ = r.writeMarker(h.id, stdinDone, "")
+	}()
+}
+
+// load retains an existing container and its task (if any). The shim owns
+// the IO, so attaching opens nothing.
+func (r *Runtime) load(ctx context.Context, id string) (*callHandle, error) {
+	c, err := r.client.LoadContainer(ctx, id)
+	if err != nil {
+		return nil, wrapErr(err, "load container %s", id)
+	}
+	labels, err := c.Labels(ctx)
+	if err != nil {
+		return nil, wrapErr(err, "labels of %s", id)
+	}
+	h := &callHandle{id: id, ref: refFromLabels(labels), container: c, limit: r.outputLimit, exited: make(chan struct{})}
+	task, err := c.Task(ctx, attachShimIO)
+	switch {
+	case errdefs.IsNotFound(err):
+	case err != nil:
+		return nil, wrapErr(err, "load task %s", id)
+	default:
+		h.task = task
+	}
+	return r.putHandle(h), nil
+}
+
+// State reports a call's state; for an exited call it includes the Result
+// (collected once, while the task still exists, and retained).
+func (r *Runtime) State(ctx context.Context, callUID string) (State, error) {
+	ctx = r.ctx(ctx)
+	id := ContainerID(callUID)
+	h := r.handle(id)
+	if h == nil {
+		var err error
+		if h, err = r.load(ctx, id); errdefs.IsNotFound(err) {
+			return State{Phase: PhaseUnknown, ContainerID: id, LogDir: r.callDir(id)}, nil
+		} else if err != nil {
+			return State{}, err
+		}
+	}
+	return r.state(ctx, h)
+}
+
+func (r *Runtime) state(ctx context.Context, h *callHandle) (State, error) {
+	s := State{Call: h.ref, ContainerID: h.id, LogDir: r.callDir(h.id), StartedAt: r.startedAt(h.id)}
+	h.mu.Lock()
+	res, task := h.result, h.task
+	h.mu.Unlock()
+	if res != nil {
+		s.Phase, s.Result = PhaseExited, res
+		return s, nil
+	}
+	if task == nil {
+		s.Phase = PhaseCreated
+		return s, nil
+	}
+	st, err := task.Status(ctx)
+	if errdefs.IsNotFound(err) {
+		s.Phase = PhaseCreated
+		return s, nil
+	}
+	if err != nil {
+		return State{}, wrapErr(err, "status of %s", h.id)
+	}
+	switch st.Status {
+	case client.Stopped:
+		res, err := r.collect(ctx, h, task, st)
+		if err != nil {
+			return State{}, err
+		}
+		s.Phase, s.Result = PhaseExited, res
+	case client.Created:
+		s.Phase = PhaseCreated
+	default:
+		s.Phase = PhaseRunning
+	}
+	return s, nil
+}
+
+// collect builds the Result of a stopped task: exit status from containerd
+// (the truth, whatever the events said), usage and the OOM counter from the
+// cgroup (still there until the task is deleted), output tails from disk.
+func (r *Runtime) collect(ctx context.Context, h *callHandle, task client.Task, st client.Status) (*Result, error) {
+	res := &Result{
+		ExitCode:            int32(st.ExitStatus),
+		FinishedAt:          st.ExitTime,
+		StartedAt:           r.startedAt(h.id),
+		OutputLimitExceeded: r.markerExists(h.id, limitMarker),
+		InputIncomplete:     r.markerExists(h.id, inputMarker),
+	}
+	if st.ExitStatus > 128 && st.ExitStatus < 128+65 {
+		res.Signal = unix.SignalName(syscall.Signal(st.ExitStatus - 128))
+	}
+	m, err := r.metrics(ctx, task)
+	if err == nil {
+		res.Usage = m.usage
+		res.OOMKilled = m.oomKills > 0
+	}
+	r.mu.Lock()
+	res.OOMKilled = res.OOMKilled || r.oom[h.id]
+	r.mu.Unlock()
+	var terr error
+	if res.Stdout, terr = readTail(filepath.Join(r.callDir(h.id), stdoutFile), r.tailBytes); terr != nil {
+		return nil, fmt.Errorf("read stdout of %s: %w", h.id, terr)
+	}
+	if res.Stderr, terr = readTail(filepath.Join(r.callDir(h.id), stderrFile), r.tailBytes); terr != nil {
+		return nil, fmt.Errorf("read stderr of %s: %w", h.id, terr)
+	}
+	h.mu.Lock()
+	h.result = res
+	h.mu.Unlock()
+	h.markExited()
+	return res, nil
+}
+
+// Wait blocks until the call exits (as reported by the event stream, which
+// Watch must be running for) or ctx ends, and returns its final state.
+func (r *Runtime) Wait(ctx context.Context, callUID string) (State, error) {
+	s, err := r.State(ctx, callUID)
+	if err != nil || s.Phase == PhaseExited || s.Phase == PhaseUnknown {
+		return s, err
+	}
+	h := r.handle(s.ContainerID)
+	if h == nil {
+		return r.State(ctx, callUID)
+	}
+	select {
+	case <-h.exited:
+	case <-ctx.Done():
+		return State{}, ctx.Err()
+	}
+	return r.State(ctx, callUID)
+}
+
+// Signal sends sig to every process of the call.
+func (r *Runtime) Signal(ctx context.Context, callUID string, sig syscall.Signal) error {
+	ctx = r.ctx(ctx)
+	h, err := r.handleFor(ctx, callUID)
+	if err != nil {
+		return err
+	}
+	task := h.getTask()
+	if task == nil {
+		return fmt.Errorf("signal %s: no task: %w", h.id, errdefs.ErrNotFound)
+	}
+	if err := task.Kill(ctx, sig, client.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
+		return wrapErr(err, "signal %s with %s", h.id, unix.SignalName(sig))
+	}
+	return nil
+}
+
+// Stop sends SIGTERM now and SIGKILL after grace unless the call exited by
+// then. It does not block: the escalation timer belongs to the call's
+// handle and is cancelled by its exit or Delete.
+func (r *Runtime) Stop(ctx context.Context, callUID string, grace time.Duration) error {
+	if err := r.Signal(ctx, callUID, syscall.SIGTERM); err != nil {
+		return err
+	}
+	h := r.handle(ContainerID(callUID))
+	if h == nil {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.killTimer != nil {
+		return nil
+	}
+	h.killTimer = time.AfterFunc(grace, func() {
+		select {
+		case <-h.exited:
+			return
+		default:
+		}
+		kctx, cancel := context.WithTimeout(r.bg, 10*time.Second)
+		defer cancel()
+		_ = r.Signal(kctx, callUID, syscall.SIGKILL)
+	})
+	return nil
+}
+
+func (r *Runtime) handleFor(ctx context.Context, callUID string) (*callHandle, error) {
+	id := ContainerID(callUID)
+	if h := r.handle(id); h != nil {
+		return h, nil
+	}
+	return r.load(ctx, id)
+}
+
+// Delete kills whatever still runs of the call and removes its task,
+// container and snapshot. The stdout/stderr files stay for the retention
+// policy (PruneLogs); the input is removed at once. Deleting a call that
+// does not exist is not an error.
+func (r *Runtime) Delete(ctx context.Context, callUID string) error {
+	ctx = r.ctx(ctx)
+	id := ContainerID(callUID)
+	h, err := r.handleFor(ctx, callUID)
+	if errdefs.IsNotFound(err) {
+		r.dropHandle(id)
+		os.Remove(filepath.Join(r.callDir(id), stdinFile))
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if task := h.getTask(); task != nil {
+		if _, err := task.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			return wrapErr(err, "delete task %s", id)
+		}
+	}
+	if err := h.container.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		return wrapErr(err, "delete container %s", id)
+	}
+	h.markExited()
+	r.dropHandle(id)
+	if err := os.Remove(filepath.Join(r.callDir(id), stdinFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove input of %s: %w", id, err)
+	}
+	return nil
+}
