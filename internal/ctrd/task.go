@@ -206,10 +206,12 @@ func (r *Runtime) startTask(ctx context.Context, h *callHandle, input []byte) er
 }
 
 func (r *Runtime) start(ctx context.Context, h *callHandle) error {
+	// Taken before Start: a fast program can exit before Start returns.
+	now := time.Now().UTC()
 	if err := h.task.Start(ctx); err != nil {
 		return wrapErr(err, "start task %s", h.id)
 	}
-	if err := r.writeMarker(h.id, startedMarker, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
+	if err := r.writeMarker(h.id, startedMarker, now.Format(time.RFC3339Nano)); err != nil {
 		return fmt.Errorf("record start of %s: %w", h.id, err)
 	}
 	return nil

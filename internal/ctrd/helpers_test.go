@@ -1,0 +1,139 @@
+package ctrd
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+)
+
+// Integration tests run against a real containerd; make test starts one
+// (hack/containerd-up.sh) and imports the test images (hack/build-images.sh).
+const (
+	addressEnv   = "FNLET_CONTAINERD_ADDRESS"
+	testfnImage  = "localhost/fnlet/testfn:v1"
+	busyboxImage = "localhost/fnlet/busybox:v1"
+	testNS       = "fnlet"
+)
+
+func daemonAddress(t testing.TB) string {
+	t.Helper()
+	addr := os.Getenv(addressEnv)
+	if addr == "" {
+		t.Skipf("skipped: %s is not set; this test needs a real containerd (run `make test`, or hack/containerd-up.sh and export %s=<socket>)", addressEnv, addressEnv)
+	}
+	return addr
+}
+
+// testRuntime is a Runtime with its Watch loop running, plus the events it saw.
+type testRuntime struct {
+	*Runtime
+	mu     sync.Mutex
+	events []Event
+	stop   func()
+}
+
+func newTestRuntime(t testing.TB, ioRoot string, opts ...Opt) *testRuntime {
+	t.Helper()
+	addr := daemonAddress(t)
+	if ioRoot == "" {
+		ioRoot = t.TempDir()
+	}
+	opts = append([]Opt{WithNamespace(testNS), WithIORoot(ioRoot)}, opts...)
+	rt, err := New(addr, opts...)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	tr := &testRuntime{Runtime: rt}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = rt.Watch(ctx, func(e Event) {
+			tr.mu.Lock()
+			tr.events = append(tr.events, e)
+			tr.mu.Unlock()
+		})
+	}()
+	var once sync.Once
+	tr.stop = func() {
+		once.Do(func() {
+			cancel()
+			<-done
+			rt.Close()
+		})
+	}
+	t.Cleanup(tr.stop)
+	return tr
+}
+
+func (tr *testRuntime) eventsFor(uid string, kind EventKind) int {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	n := 0
+	for _, e := range tr.events {
+		if e.Call.UID == uid && e.Kind == kind {
+			n++
+		}
+	}
+	return n
+}
+
+func newUID(t testing.TB) string {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return "t" + hex.EncodeToString(b)
+}
+
+func testCall(t testing.TB, args ...string) Call {
+	return Call{UID: newUID(t), Namespace: "default", Name: "test", Image: testfnImage, Args: args}
+}
+
+func ctxTimeout(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// runToExit ensures the image, runs the call, waits for its exit and
+// deletes it, returning the final state.
+func runToExit(t testing.TB, rt *testRuntime, call Call) State {
+	t.Helper()
+	ctx := ctxTimeout(t, 60*time.Second)
+	if _, err := rt.EnsureImage(ctx, call.Image, PullNever, nil); err != nil {
+		t.Fatalf("EnsureImage: %v", err)
+	}
+	if _, err := rt.Run(ctx, call); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	s, err := rt.Wait(ctx, call.UID)
+	if err != nil {
+		t.Fatalf("Wait: %v", err)
+	}
+	if s.Phase != PhaseExited || s.Result == nil {
+		t.Fatalf("after Wait: phase %s, result %v", s.Phase, s.Result)
+	}
+	if err := rt.Delete(ctx, call.UID); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	return s
+}
+
+// rawClient talks to the daemon without fnlet code, for leak checks.
+func rawClient(t testing.TB) (*client.Client, context.Context) {
+	t.Helper()
+	c, err := client.New(daemonAddress(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, namespaces.WithNamespace(context.Background(), testNS)
+}
