@@ -1,0 +1,238 @@
+// Command manager is fnlet's node agent: one per node (a DaemonSet), it
+// runs the FunctionCalls bound to its node as containerd containers.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/controllers"
+	"github.com/fnlet/fnlet/internal/ctrd"
+)
+
+type options struct {
+	nodeName, containerdAddress, containerdNamespace, ociRuntime string
+	ioRoot, registryCA, registryHostsDir                         string
+	maxCalls, workers                                            int
+	memoryBudget, defaultMemory, maxMemory, defaultCPU, maxCPU   string
+	defaultPids                                                  int64
+	outputLimit                                                  string
+	tailBytes                                                    int
+	defaultTimeout, maxTimeout, killGrace                        time.Duration
+	logRetention                                                 time.Duration
+	logKeep                                                      int
+	allowHostNetwork, allowPrivileged                            bool
+	stdinFIFO                                                    bool
+	metricsAddr, probeAddr                                       string
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "Name of this node (default $NODE_NAME). The manager runs only calls bound to it.")
+	flag.StringVar(&o.containerdAddress, "containerd-address", "/run/containerd/containerd.sock", "containerd socket.")
+	flag.StringVar(&o.containerdNamespace, "containerd-namespace", "fnlet", "containerd namespace for call containers.")
+	flag.StringVar(&o.ociRuntime, "runtime", "runc", "OCI runtime: runc or crun.")
+	flag.StringVar(&o.ioRoot, "log-dir", "/var/lib/fnlet/calls", "Directory of each call's stdin/stdout/stderr files (same path on the host: the shim writes them).")
+	flag.StringVar(&o.registryCA, "registry-ca", "", "PEM bundle of extra CAs trusted for registries (added to the system pool).")
+	flag.StringVar(&o.registryHostsDir, "registry-hosts-dir", "", "containerd-style certs.d directory with per-registry hosts.toml.")
+	flag.IntVar(&o.maxCalls, "max-calls", 16, "Maximum calls running at once on this node.")
+	flag.IntVar(&o.workers, "workers", 8, "Concurrent reconciles.")
+	flag.StringVar(&o.memoryBudget, "memory-budget", "0", "Sum of call memory limits this node accepts (0 = unlimited).")
+	flag.StringVar(&o.defaultMemory, "default-memory", "256Mi", "Memory limit of calls that set none.")
+	flag.StringVar(&o.maxMemory, "max-memory", "8Gi", "Largest memory limit a call may ask for.")
+	flag.StringVar(&o.defaultCPU, "default-cpu", "0", "CPU quota of calls that set none (0 = unlimited).")
+	flag.StringVar(&o.maxCPU, "max-cpu", "0", "Largest CPU quota a call may ask for (0 = no maximum).")
+	flag.Int64Var(&o.defaultPids, "default-pids", 1024, "Pids limit of calls that set none.")
+	flag.StringVar(&o.outputLimit, "output-limit", "64Mi", "Cap on a call's stdout+stderr; over it the call is killed (OutputLimitExceeded).")
+	flag.IntVar(&o.tailBytes, "tail-bytes", 4096, "Bytes of stdout and of stderr kept in the status.")
+	flag.DurationVar(&o.defaultTimeout, "default-timeout", 5*time.Minute, "Timeout of calls that set none.")
+	flag.DurationVar(&o.maxTimeout, "max-timeout", time.Hour, "Largest timeout a call gets.")
+	flag.DurationVar(&o.killGrace, "kill-grace", 10*time.Second, "Time between SIGTERM and SIGKILL on timeout, cancel and delete.")
+	flag.DurationVar(&o.logRetention, "log-retention", 24*time.Hour, "How long full logs of finished calls stay on the node.")
+	flag.IntVar(&o.logKeep, "log-keep", 1000, "At most this many finished calls' logs are kept.")
+	flag.BoolVar(&o.allowHostNetwork, "allow-host-network", false, "Allow calls with network: host.")
+	flag.BoolVar(&o.allowPrivileged, "allow-privileged", false, "Allow privileged calls.")
+	flag.BoolVar(&o.stdinFIFO, "stdin-fifo", false, "Feed input through a FIFO instead of a regular file (fallback).")
+	flag.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "Prometheus metrics address (0 disables).")
+	flag.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Health probe address.")
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+
+	if err := run(ctrl.SetupSignalHandler(), o); err != nil {
+		ctrl.Log.Error(err, "manager failed")
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o options) error {
+	log := ctrl.Log.WithName("setup")
+	if o.nodeName == "" {
+		return fmt.Errorf("no node name: set --node-name or NODE_NAME")
+	}
+	q := func(name, v string) (int64, error) {
+		x, err := resource.ParseQuantity(v)
+		if err != nil {
+			return 0, fmt.Errorf("--%s=%q: %w", name, v, err)
+		}
+		return x.Value(), nil
+	}
+	mq := func(name, v string) (int64, error) {
+		x, err := resource.ParseQuantity(v)
+		if err != nil {
+			return 0, fmt.Errorf("--%s=%q: %w", name, v, err)
+		}
+		return x.MilliValue(), nil
+	}
+	var lim controllers.Limits
+	var budget, outputLimit int64
+	var err error
+	for _, p := range []struct {
+		dst  *int64
+		name string
+		v    string
+		f    func(string, string) (int64, error)
+	}{
+		{&budget, "memory-budget", o.memoryBudget, q}, {&lim.DefaultMemoryBytes, "default-memory", o.defaultMemory, q},
+		{&lim.MaxMemoryBytes, "max-memory", o.maxMemory, q}, {&lim.DefaultMilliCPU, "default-cpu", o.defaultCPU, mq},
+		{&lim.MaxMilliCPU, "max-cpu", o.maxCPU, mq}, {&outputLimit, "output-limit", o.outputLimit, q},
+	} {
+		if *p.dst, err = p.f(p.name, p.v); err != nil {
+			return err
+		}
+	}
+	lim.DefaultPids = o.defaultPids
+
+	rtOpts := []ctrd.Opt{
+		ctrd.WithNamespace(o.containerdNamespace), ctrd.WithOCIRuntime(o.ociRuntime), ctrd.WithIORoot(o.ioRoot),
+		ctrd.WithOutputLimit(outputLimit), ctrd.WithTailBytes(o.tailBytes),
+		ctrd.WithAllowHostNetwork(o.allowHostNetwork), ctrd.WithAllowPrivileged(o.allowPrivileged),
+		ctrd.WithRegistryHostsDir(o.registryHostsDir),
+	}
+	if o.stdinFIFO {
+		rtOpts = append(rtOpts, ctrd.WithStdinMode(ctrd.StdinFIFO))
+	}
+	if o.registryCA != "" {
+		pem, err := os.ReadFile(o.registryCA)
+		if err != nil {
+			return fmt.Errorf("--registry-ca: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--registry-ca %s: no certificates found", o.registryCA)
+		}
+		rtOpts = append(rtOpts, ctrd.WithRegistryTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+	}
+	rt, err := ctrd.New(o.containerdAddress, rtOpts...)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := fnletv1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	cfg := ctrl.GetConfigOrDie()
+	mine := fields.OneTermEqualSelector(controllers.NodeNameField, o.nodeName)
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
+		HealthProbeBindAddress: o.probeAddr,
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&fnletv1.FunctionCall{}: {Field: mine},
+		}},
+	})
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+	// Calls no node has claimed yet, in a second, equally narrow cache.
+	unassigned, err := cache.New(cfg, cache.Options{Scheme: scheme, Mapper: mgr.GetRESTMapper(),
+		ByObject: map[client.Object]cache.ByObject{
+			&fnletv1.FunctionCall{}: {Field: fields.OneTermEqualSelector(controllers.NodeNameField, "")},
+		}})
+	if err != nil {
+		return fmt.Errorf("create unassigned-calls cache: %w", err)
+	}
+	if err := mgr.Add(unassigned); err != nil {
+		return err
+	}
+	nodeLabels, err := readNodeLabels(ctx, mgr.GetAPIReader(), o.nodeName)
+	if err != nil {
+		return err
+	}
+	events := make(chan event.GenericEvent, 1024)
+	if err := mgr.Add(&controllers.RuntimeEvents{Runtime: rt, Out: events}); err != nil {
+		return err
+	}
+	if err := mgr.Add(&controllers.OrphanCollector{Runtime: rt, APIReader: mgr.GetAPIReader(), NodeName: o.nodeName,
+		Interval: time.Minute, LogRetention: o.logRetention, LogKeep: o.logKeep}); err != nil {
+		return err
+	}
+	rec := &controllers.FunctionCallReconciler{
+		Client: mgr.GetClient(), Unassigned: unassigned, APIReader: mgr.GetAPIReader(),
+		Recorder: mgr.GetEventRecorder("fnlet-manager"), Runtime: rt, Clock: clock.RealClock{},
+		NodeName: o.nodeName, NodeLabels: nodeLabels,
+		Capacity:       controllers.Capacity{MaxCalls: o.maxCalls, MemoryBudgetBytes: budget},
+		Limits:         lim,
+		DefaultTimeout: o.defaultTimeout, MaxTimeout: o.maxTimeout, KillGrace: o.killGrace,
+		Metrics: controllers.NewMetrics(metrics.Registry, o.maxCalls, func() float64 { return float64(rt.Reconnects()) }),
+	}
+	if err := rec.SetupWithManager(mgr, unassigned, events, o.workers); err != nil {
+		return fmt.Errorf("set up controller: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("containerd", func(*http.Request) error { return rt.Ping(context.Background()) }); err != nil {
+		return err
+	}
+	log.Info("starting manager", "node", o.nodeName, "containerd", o.containerdAddress, "namespace", o.containerdNamespace, "runtime", o.ociRuntime)
+	return mgr.Start(ctx)
+}
+
+// readNodeLabels reads this node's labels for spec.nodeSelector. Without a
+// Node object (a bare control plane) the node has no labels.
+func readNodeLabels(ctx context.Context, r client.Reader, name string) (labels.Set, error) {
+	var n corev1.Node
+	err := r.Get(ctx, types.NamespacedName{Name: name}, &n)
+	if apierrors.IsNotFound(err) {
+		return labels.Set{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read node %s: %w", name, err)
+	}
+	return labels.Set(n.Labels), nil
+}

@@ -1,0 +1,122 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/containerd/errdefs"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/internal/ctrd"
+)
+
+// NodeNameField is the selectable field binding a call to a node.
+const NodeNameField = "status.nodeName"
+
+// SetupWithManager wires the reconciler: the manager's cache holds this
+// node's calls, unassigned is a second cache of calls no node has claimed,
+// and runtimeEvents carries the runtime's exit/OOM hints.
+func (r *FunctionCallReconciler) SetupWithManager(mgr ctrl.Manager, unassigned cache.Cache, runtimeEvents <-chan event.GenericEvent, workers int) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&fnletv1.FunctionCall{}).
+		Named("functioncall").
+		WatchesRawSource(source.Kind(unassigned, &fnletv1.FunctionCall{}, &handler.TypedEnqueueRequestForObject[*fnletv1.FunctionCall]{})).
+		WatchesRawSource(source.Channel(runtimeEvents, &handler.EnqueueRequestForObject{})).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
+		Complete(r)
+}
+
+// RuntimeEvents turns runtime events into reconcile requests. It is a
+// manager Runnable that owns the runtime's Watch loop.
+type RuntimeEvents struct {
+	Runtime *ctrd.Runtime
+	Out     chan event.GenericEvent
+}
+
+func (e *RuntimeEvents) Start(ctx context.Context) error {
+	return e.Runtime.Watch(ctx, func(ev ctrd.Event) {
+		obj := &fnletv1.FunctionCall{ObjectMeta: metav1.ObjectMeta{Namespace: ev.Call.Namespace, Name: ev.Call.Name}}
+		select {
+		case e.Out <- event.GenericEvent{Object: obj}:
+		case <-ctx.Done():
+		}
+	})
+}
+
+// OrphanCollector removes containers whose FunctionCall is gone or belongs
+// to another node (konlet's stale-container cleanup), once at start and
+// then periodically, and prunes old logs.
+type OrphanCollector struct {
+	Runtime      *ctrd.Runtime
+	APIReader    client.Reader
+	NodeName     string
+	Interval     time.Duration
+	LogRetention time.Duration
+	LogKeep      int
+}
+
+func (o *OrphanCollector) Start(ctx context.Context) error {
+	log := logf.FromContext(ctx).WithName("gc")
+	t := time.NewTicker(o.Interval)
+	defer t.Stop()
+	for {
+		if n, err := o.collect(ctx); err != nil {
+			log.Error(err, "orphan collection")
+		} else if n > 0 {
+			log.Info("removed orphan containers", "count", n)
+		}
+		if _, err := o.Runtime.PruneLogs(ctx, time.Now().Add(-o.LogRetention), o.LogKeep); err != nil {
+			log.Error(err, "prune logs")
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (o *OrphanCollector) collect(ctx context.Context) (int, error) {
+	states, err := o.Runtime.Recover(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, s := range states {
+		var fc fnletv1.FunctionCall
+		err := o.APIReader.Get(ctx, types.NamespacedName{Namespace: s.Call.Namespace, Name: s.Call.Name}, &fc)
+		switch {
+		case apierrors.IsNotFound(err):
+		case err != nil:
+			return n, fmt.Errorf("get call of %s: %w", s.ContainerID, err)
+		case string(fc.UID) == s.Call.UID && (fc.Status.NodeName == o.NodeName || fc.Status.NodeName == ""):
+			continue // ours and alive: the reconciler drives it
+		}
+		if err := o.Runtime.Delete(ctx, s.Call.UID); err != nil {
+			return n, fmt.Errorf("delete orphan %s: %w", s.ContainerID, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+var _ manager.Runnable = (*OrphanCollector)(nil)
+var _ manager.Runnable = (*RuntimeEvents)(nil)
+
+func isInvalidArgument(err error) bool {
+	return errdefs.IsInvalidArgument(err) || errors.Is(err, errInvalidSpec)
+}
