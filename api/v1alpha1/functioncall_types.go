@@ -43,7 +43,7 @@ const (
 
 // FunctionCallSpec is what to run and under which limits. It is immutable once
 // a node has claimed the call, except Cancel.
-// +kubebuilder:validation:XValidation:rule="!oldSelf.?cancel.orValue(false) || self.?cancel.orValue(false)",message="spec.cancel cannot be set back to false once it is true"
+// +kubebuilder:validation:XValidation:rule="!oldSelf.?cancel.orValue(false) || self.?cancel.orValue(false)",fieldPath=`.cancel`,message="cancel cannot be set back to false once it is true"
 type FunctionCallSpec struct {
 	// Image is the container image reference to run, e.g.
 	// "registry.example.com/fn/resize:v3" or "localhost/fnlet/testfn:v1".
@@ -209,11 +209,13 @@ type Input struct {
 	// +kubebuilder:validation:MaxLength=1048576
 	Data string `json:"data,omitempty"`
 
-	// BinaryData is raw bytes fed to stdin, base64-encoded in YAML and JSON,
-	// at most 1 MiB once decoded.
+	// BinaryData is raw bytes fed to stdin, base64-encoded (standard
+	// alphabet, padded) in YAML and JSON, at most 1 MiB once decoded.
 	// +optional
+	// +kubebuilder:validation:Format=""
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=1398104
+	// +kubebuilder:validation:Pattern=`^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$`
 	BinaryData []byte `json:"binaryData,omitempty"`
 
 	// SecretKeyRef feeds the value of a Secret key in the call's namespace.

@@ -1,0 +1,424 @@
+/*
+Copyright The fnlet Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+package v1alpha1_test
+
+// Admission tests: the generated CRD installed in a real kube-apiserver
+// (envtest), and FunctionCalls created and updated against it. They prove
+// that the markers in functioncall_types.go say what a user will be told.
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	fnletv1alpha1 "github.com/fnlet/fnlet/api/v1alpha1"
+	utiltesting "github.com/fnlet/fnlet/internal/testing"
+)
+
+const immutableMsg = "spec is immutable once the call is claimed by a node (only spec.cancel may change)"
+
+// startAPIServer runs etcd and kube-apiserver from KUBEBUILDER_ASSETS with the
+// FunctionCall CRD installed, and returns a client for them.
+func startAPIServer(t *testing.T) client.Client {
+	t.Helper()
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		t.Skip("skipping admission tests: KUBEBUILDER_ASSETS is not set, so there is no kube-apiserver to install the CRD in; " +
+			"run them with KUBEBUILDER_ASSETS=$(hack/build-k8s.sh --apiserver-only --print-assets) go test ./api/...")
+	}
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("starting kube-apiserver and etcd from KUBEBUILDER_ASSETS: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := env.Stop(); err != nil {
+			t.Errorf("stopping envtest: %v", err)
+		}
+	})
+	scheme := runtime.NewScheme()
+	if err := fnletv1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	if err := corev1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// toUnstructured turns a built call into the JSON the apiserver receives, so
+// a case can write what a typed Go client cannot (a missing field, "1d").
+func toUnstructured(t *testing.T, call *fnletv1alpha1.FunctionCall) *unstructured.Unstructured {
+	t.Helper()
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(call)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &unstructured.Unstructured{Object: m}
+	u.SetGroupVersionKind(fnletv1alpha1.GroupVersion.WithKind("FunctionCall"))
+	unstructured.RemoveNestedField(u.Object, "status")
+	unstructured.RemoveNestedField(u.Object, "metadata", "creationTimestamp")
+	return u
+}
+
+func setField(t *testing.T, u *unstructured.Unstructured, value any, path ...string) {
+	t.Helper()
+	if err := unstructured.SetNestedField(u.Object, value, path...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkErr fails unless err is nil when want is "", or an Invalid error whose
+// text contains want.
+func checkErr(t *testing.T, err error, want string) {
+	t.Helper()
+	switch {
+	case want == "" && err != nil:
+		t.Fatalf("rejected, want accepted: %v", err)
+	case want != "" && err == nil:
+		t.Fatalf("accepted, want rejected with %q", want)
+	case want != "" && !apierrors.IsInvalid(err):
+		t.Fatalf("got %v, want an Invalid error containing %q", err, want)
+	case want != "" && !strings.Contains(err.Error(), want):
+		t.Fatalf("error does not say %q:\n%v", want, err)
+	case err != nil:
+		t.Logf("rejected as expected: %v", err)
+	}
+}
+
+func TestAdmission(t *testing.T) {
+	c := startAPIServer(t)
+	ctx := t.Context()
+
+	t.Run("create", func(t *testing.T) { testCreate(ctx, t, c) })
+	t.Run("defaults", func(t *testing.T) { testDefaults(ctx, t, c) })
+	t.Run("update", func(t *testing.T) { testUpdate(ctx, t, c) })
+	t.Run("status", func(t *testing.T) { testStatus(ctx, t, c) })
+	t.Run("selectable fields", func(t *testing.T) { testSelectableFields(ctx, t, c) })
+}
+
+func testCreate(ctx context.Context, t *testing.T, c client.Client) {
+	base := func() *utiltesting.FunctionCallWrapper { return utiltesting.MakeFunctionCall("", "default") }
+	cases := map[string]struct {
+		call *utiltesting.FunctionCallWrapper
+		// raw edits the JSON sent, after the typed call was converted.
+		raw     func(t *testing.T, u *unstructured.Unstructured)
+		wantErr string
+	}{
+		"valid minimal call": {call: base()},
+		"valid call using every field": {call: base().
+			ImagePullPolicy(corev1.PullNever).PullSecrets("regcred").
+			Command("/testfn").Args("-stdout-text", "hi").
+			Env("A", "1").Env("EMPTY", "").EnvFromSecret("S", "sec", "k").EnvFromConfigMap("C", "cm", "k").
+			WorkingDir("/tmp").Input("some stdin").Timeout(90*time.Second).
+			Memory("32Mi").CPU("500m").Pids(64).
+			NodeName("node-a").NodeSelector("disk", "ssd").Network(fnletv1alpha1.NetworkHost).
+			RunAs(1000, 1000).ReadOnlyRootFilesystem().Privileged().
+			TTLSecondsAfterFinished(60).Retries(2),
+		},
+		"binary input":        {call: base().BinaryInput([]byte{0, 1, 2, 255})},
+		"input from a Secret": {call: base().InputFromSecret("sec", "stdin")},
+		"binaryData not base64": {call: base(), wantErr: "spec.input.binaryData in body should match",
+			raw: func(t *testing.T, u *unstructured.Unstructured) {
+				setField(t, u, "not base64!", "spec", "input", "binaryData")
+			}},
+		"memory as a plain byte count": {call: base(), raw: func(t *testing.T, u *unstructured.Unstructured) {
+			setField(t, u, int64(32<<20), "spec", "resources", "memory")
+		}},
+		"boundaries are inclusive":       {call: base().Memory("4Mi").CPU("1m").Pids(1).Timeout(24 * time.Hour).Retries(10)},
+		"upper boundaries are inclusive": {call: base().Memory("64Gi").CPU("64").Pids(32768)},
+
+		"missing image": {call: base(), wantErr: "spec.image: Required value",
+			raw: func(t *testing.T, u *unstructured.Unstructured) {
+				unstructured.RemoveNestedField(u.Object, "spec", "image")
+			}},
+		"empty image":      {call: base().Image(""), wantErr: "spec.image in body should be at least 1 chars long"},
+		"negative memory":  {call: base().Memory("-1Mi"), wantErr: "memory must be at least 4Mi"},
+		"memory 1Mi":       {call: base().Memory("1Mi"), wantErr: "memory must be at least 4Mi"},
+		"memory too large": {call: base().Memory("65Gi"), wantErr: "memory must be at most 64Gi"},
+		"memory not a quantity": {call: base(), wantErr: "spec.resources.memory",
+			raw: func(t *testing.T, u *unstructured.Unstructured) {
+				setField(t, u, "lots", "spec", "resources", "memory")
+			}},
+		"cpu 0":               {call: base().CPU("0"), wantErr: "cpu must be at least 1m"},
+		"cpu too large":       {call: base().CPU("65"), wantErr: "cpu must be at most 64"},
+		"pids 0":              {call: base().Pids(0), wantErr: "spec.resources.pids in body should be greater than or equal to 1"},
+		"unknown network":     {call: base().Network("bridge"), wantErr: `spec.network: Unsupported value: "bridge": supported values: "none", "host"`},
+		"unknown pull policy": {call: base().ImagePullPolicy("Sometimes"), wantErr: `spec.imagePullPolicy: Unsupported value: "Sometimes"`},
+		"env with both value and valueFrom": {call: base().EnvFromSecret("A", "sec", "k"), wantErr: "env: set either value or valueFrom, not both",
+			raw: func(t *testing.T, u *unstructured.Unstructured) {
+				env, _, _ := unstructured.NestedSlice(u.Object, "spec", "env")
+				env[0].(map[string]any)["value"] = "x"
+				setField(t, u, env, "spec", "env")
+			}},
+		"env valueFrom without a ref": {call: base(), wantErr: "valueFrom must set exactly one of secretKeyRef or configMapKeyRef",
+			raw: func(t *testing.T, u *unstructured.Unstructured) {
+				setField(t, u, []any{map[string]any{"name": "A", "valueFrom": map[string]any{}}}, "spec", "env")
+			}},
+		"env name not an identifier": {call: base().Env("1-A", "x"), wantErr: "spec.env[0].name in body should match"},
+		"duplicate env name":         {call: base().Env("A", "1").Env("A", "2"), wantErr: `spec.env[1]: Duplicate value: {"name":"A"}`},
+		"relative workingDir":        {call: base().WorkingDir("tmp"), wantErr: "workingDir must be an absolute path"},
+		"input with two sources": {call: base().Input("x"), wantErr: "input must set exactly one of data, binaryData, secretKeyRef or configMapKeyRef",
+			raw: func(t *testing.T, u *unstructured.Unstructured) {
+				setField(t, u, map[string]any{"name": "s", "key": "k"}, "spec", "input", "secretKeyRef")
+			}},
+		"input with no source": {call: base(), wantErr: "input must set exactly one of",
+			raw: func(t *testing.T, u *unstructured.Unstructured) { setField(t, u, map[string]any{}, "spec", "input") }},
+		"inline input over 1MiB": {call: base().Input(strings.Repeat("x", fnletv1alpha1.MaxInputBytes+1)), wantErr: "spec.input.data: Too long"},
+		"timeout 0s":             {call: base().Timeout(0), wantErr: "timeout must be greater than 0s"},
+		"timeout over 24h":       {call: base().Timeout(25 * time.Hour), wantErr: "timeout must be at most 24h"},
+		"negative timeout":       {call: base().Timeout(-5 * time.Second), wantErr: "timeout must be a duration such as 30s, 5m or 1h30m"},
+		"timeout in days": {call: base(), wantErr: "timeout must be a duration such as 30s, 5m or 1h30m",
+			raw: func(t *testing.T, u *unstructured.Unstructured) { setField(t, u, "1d", "spec", "timeout") }},
+		"retries over 10":       {call: base().Retries(11), wantErr: "spec.retries in body should be less than or equal to 10"},
+		"negative runAsUser":    {call: base().RunAs(-1, 0), wantErr: "spec.securityContext.runAsUser in body should be greater than or equal to 0"},
+		"negative ttl":          {call: base().TTLSecondsAfterFinished(-1), wantErr: "spec.ttlSecondsAfterFinished in body should be greater than or equal to 0"},
+		"too many pull secrets": {call: base().PullSecrets("1", "2", "3", "4", "5", "6", "7", "8", "9"), wantErr: "spec.imagePullSecrets: Too many"},
+	}
+	i := 0
+	for name, tc := range cases {
+		i++
+		t.Run(name, func(t *testing.T) {
+			u := toUnstructured(t, tc.call.Clone().Obj())
+			u.SetName(fmt.Sprintf("create-%d", i))
+			if tc.raw != nil {
+				tc.raw(t, u)
+			}
+			checkErr(t, c.Create(ctx, u), tc.wantErr)
+		})
+	}
+}
+
+func testDefaults(ctx context.Context, t *testing.T, c client.Client) {
+	call := utiltesting.MakeFunctionCall("defaults", "default").Obj()
+	if err := c.Create(ctx, call); err != nil {
+		t.Fatal(err)
+	}
+	if call.Spec.ImagePullPolicy != corev1.PullIfNotPresent {
+		t.Errorf("imagePullPolicy = %q, want IfNotPresent", call.Spec.ImagePullPolicy)
+	}
+	if call.Spec.Network != fnletv1alpha1.NetworkNone {
+		t.Errorf("network = %q, want none", call.Spec.Network)
+	}
+	if call.Spec.Retries == nil || *call.Spec.Retries != 0 {
+		t.Errorf("retries = %v, want 0", call.Spec.Retries)
+	}
+}
+
+// claim sets status.nodeName through the status subresource, as a manager
+// claiming the call does.
+func claim(ctx context.Context, t *testing.T, c client.Client, call *fnletv1alpha1.FunctionCall, node string) {
+	t.Helper()
+	call.Status.NodeName = node
+	call.Status.Phase = fnletv1alpha1.PhasePending
+	if err := c.Status().Update(ctx, call); err != nil {
+		t.Fatalf("claiming: %v", err)
+	}
+}
+
+func testUpdate(ctx context.Context, t *testing.T, c client.Client) {
+	cases := map[string]struct {
+		call    *utiltesting.FunctionCallWrapper
+		claimed bool
+		change  func(*fnletv1alpha1.FunctionCall)
+		wantErr string
+	}{
+		"args change before the claim": {
+			call:   utiltesting.MakeFunctionCall("", "default").Args("-exit", "0"),
+			change: func(fc *fnletv1alpha1.FunctionCall) { fc.Spec.Args = []string{"-exit", "1"} },
+		},
+		"args change after the claim": {
+			call: utiltesting.MakeFunctionCall("", "default").Args("-exit", "0"), claimed: true,
+			change:  func(fc *fnletv1alpha1.FunctionCall) { fc.Spec.Args = []string{"-exit", "1"} },
+			wantErr: "spec.args: Invalid value: " + immutableMsg,
+		},
+		"memory change after the claim": {
+			call: utiltesting.MakeFunctionCall("", "default").Memory("32Mi"), claimed: true,
+			change: func(fc *fnletv1alpha1.FunctionCall) {
+				fc.Spec.Resources.Memory.Add(fc.Spec.Resources.Memory.DeepCopy())
+			},
+			wantErr: "spec.resources.memory: Invalid value",
+		},
+		"removing the timeout after the claim": {
+			call: utiltesting.MakeFunctionCall("", "default").Timeout(time.Minute), claimed: true,
+			change:  func(fc *fnletv1alpha1.FunctionCall) { fc.Spec.Timeout = nil },
+			wantErr: immutableMsg,
+		},
+		"env change after the claim": {
+			call: utiltesting.MakeFunctionCall("", "default").Env("A", "1"), claimed: true,
+			change:  func(fc *fnletv1alpha1.FunctionCall) { fc.Spec.Env[0].Value = "2" },
+			wantErr: immutableMsg,
+		},
+		"image change after the claim": {
+			call: utiltesting.MakeFunctionCall("", "default"), claimed: true,
+			change:  func(fc *fnletv1alpha1.FunctionCall) { fc.Spec.Image = "other:v1" },
+			wantErr: immutableMsg,
+		},
+		// binaryData is a plain string to CEL: with format byte, kube-apiserver
+		// 1.37 decodes it as URL-safe base64 and fails on '/' and '+'.
+		"cancel a binary-input call after the claim": {
+			call: utiltesting.MakeFunctionCall("", "default").BinaryInput([]byte{0xfb, 0xff, 0xfe}), claimed: true,
+			change: func(fc *fnletv1alpha1.FunctionCall) { fc.Spec.Cancel = true },
+		},
+		"binary input change after the claim": {
+			call: utiltesting.MakeFunctionCall("", "default").BinaryInput([]byte{0xfb, 0xff, 0xfe}), claimed: true,
+			change:  func(fc *fnletv1alpha1.FunctionCall) { fc.Spec.Input.BinaryData = []byte{1} },
+			wantErr: "spec.input: Invalid value: " + immutableMsg,
+		},
+		"cancel after the claim": {
+			call: utiltesting.MakeFunctionCall("", "default").Args("-sleep", "1h"), claimed: true,
+			change: func(fc *fnletv1alpha1.FunctionCall) { fc.Spec.Cancel = true },
+		},
+		"finalizer and label after the claim": {
+			call: utiltesting.MakeFunctionCall("", "default").Memory("32Mi").Timeout(time.Minute), claimed: true,
+			change: func(fc *fnletv1alpha1.FunctionCall) {
+				fc.Finalizers = append(fc.Finalizers, "fnlet.dev/container")
+				fc.Labels = map[string]string{"a": "b"}
+			},
+		},
+		"cancel true to false": {
+			call:    utiltesting.MakeFunctionCall("", "default").Cancel(),
+			change:  func(fc *fnletv1alpha1.FunctionCall) { fc.Spec.Cancel = false },
+			wantErr: "spec.cancel: Invalid value: cancel cannot be set back to false once it is true",
+		},
+		"cancel true to false after the claim": {
+			call: utiltesting.MakeFunctionCall("", "default").Cancel(), claimed: true,
+			change:  func(fc *fnletv1alpha1.FunctionCall) { fc.Spec.Cancel = false },
+			wantErr: "spec.cancel: Invalid value: cancel cannot be set back to false once it is true",
+		},
+	}
+	i := 0
+	for name, tc := range cases {
+		i++
+		t.Run(name, func(t *testing.T) {
+			call := tc.call.Clone().Obj()
+			call.Name = fmt.Sprintf("update-%d", i)
+			if err := c.Create(ctx, call); err != nil {
+				t.Fatal(err)
+			}
+			if tc.claimed {
+				claim(ctx, t, c, call, "node-a")
+			}
+			tc.change(call)
+			checkErr(t, c.Update(ctx, call), tc.wantErr)
+		})
+	}
+
+	// A call written by hand in YAML keeps its spelling in etcd; a Go client
+	// reading it and writing it back sends the canonical spelling. That must
+	// count as no change, or a cancel or a finalizer removal would be refused.
+	t.Run("read-modify-write of a hand-written spec", func(t *testing.T) {
+		u := toUnstructured(t, utiltesting.MakeFunctionCall("handwritten", "default").Env("EMPTY", "").Obj())
+		setField(t, u, "90s", "spec", "timeout")
+		setField(t, u, map[string]any{"memory": "0.5Gi", "cpu": "0.5"}, "spec", "resources")
+		setField(t, u, map[string]any{}, "spec", "nodeSelector")
+		setField(t, u, []any{}, "spec", "command")
+		setField(t, u, "", "spec", "nodeName")
+		setField(t, u, []any{map[string]any{"name": "EMPTY", "value": ""}}, "spec", "env")
+		if err := c.Create(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		var call fnletv1alpha1.FunctionCall
+		if err := c.Get(ctx, client.ObjectKeyFromObject(u), &call); err != nil {
+			t.Fatal(err)
+		}
+		claim(ctx, t, c, &call, "node-a")
+
+		call.Finalizers = []string{"fnlet.dev/container"}
+		checkErr(t, c.Update(ctx, &call), "")
+		call.Spec.Cancel = true
+		checkErr(t, c.Update(ctx, &call), "")
+		call.Spec.Timeout.Duration += time.Second
+		checkErr(t, c.Update(ctx, &call), "spec.timeout: Invalid value")
+	})
+}
+
+func testStatus(ctx context.Context, t *testing.T, c client.Client) {
+	call := utiltesting.MakeFunctionCall("finished", "default").Obj()
+	if err := c.Create(ctx, call); err != nil {
+		t.Fatal(err)
+	}
+	claim(ctx, t, c, call, "node-a")
+	call.Status = utiltesting.MakeFunctionCall("x", "y").ClaimedBy("node-a").Running().Succeeded().
+		Stdout("hello\n", false).Usage(1<<20, 1e6).Obj().Status
+	checkErr(t, c.Status().Update(ctx, call), "")
+	call.Status.Phase = fnletv1alpha1.PhaseRunning
+	checkErr(t, c.Status().Update(ctx, call), "phase cannot change once the call has finished")
+}
+
+// The managers watch only the calls of their node and the unclaimed ones,
+// with field selectors on status.nodeName.
+func testSelectableFields(ctx context.Context, t *testing.T, c client.Client) {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "selectors"}}
+	if err := c.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, node, pinned string }{
+		{"unclaimed", "", ""}, {"pinned", "", "node-b"}, {"on-a", "node-a", ""}, {"on-b", "node-b", "node-b"},
+	} {
+		call := utiltesting.MakeFunctionCall(tc.name, ns.Name).NodeName(tc.pinned).Obj()
+		if err := c.Create(ctx, call); err != nil {
+			t.Fatal(err)
+		}
+		if tc.node != "" {
+			claim(ctx, t, c, call, tc.node)
+		}
+	}
+	for _, tc := range []struct {
+		field, value string
+		want         []string
+	}{
+		{"status.nodeName", "node-a", []string{"on-a"}},
+		{"status.nodeName", "node-b", []string{"on-b"}},
+		{"status.nodeName", "", []string{"pinned", "unclaimed"}},
+		{"spec.nodeName", "node-b", []string{"on-b", "pinned"}},
+		{"status.phase", "Pending", []string{"on-a", "on-b"}},
+	} {
+		var list fnletv1alpha1.FunctionCallList
+		if err := c.List(ctx, &list, client.InNamespace(ns.Name), client.MatchingFields{tc.field: tc.value}); err != nil {
+			t.Errorf("list with fieldSelector %s=%s: %v", tc.field, tc.value, err)
+			continue
+		}
+		var got []string
+		for _, fc := range list.Items {
+			got = append(got, fc.Name)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("fieldSelector %s=%s: got %v, want %v", tc.field, tc.value, got, tc.want)
+		}
+	}
+}
