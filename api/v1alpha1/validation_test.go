@@ -37,6 +37,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 
 	fnletv1alpha1 "github.com/fnlet/fnlet/api/v1alpha1"
 	utiltesting "github.com/fnlet/fnlet/internal/testing"
@@ -128,6 +129,30 @@ func TestAdmission(t *testing.T) {
 	t.Run("update", func(t *testing.T) { testUpdate(ctx, t, c) })
 	t.Run("status", func(t *testing.T) { testStatus(ctx, t, c) })
 	t.Run("selectable fields", func(t *testing.T) { testSelectableFields(ctx, t, c) })
+	t.Run("samples", func(t *testing.T) { testSamples(ctx, t, c) })
+}
+
+// The samples in config/samples are what a new user applies first.
+func testSamples(ctx context.Context, t *testing.T, c client.Client) {
+	paths, err := filepath.Glob(filepath.Join("..", "..", "config", "samples", "fnlet_v1alpha1_*.yaml"))
+	if err != nil || len(paths) == 0 {
+		t.Fatalf("no samples found: %v", err)
+	}
+	for _, p := range paths {
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal(raw, &u.Object); err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		u.SetNamespace("default")
+		u.SetName("sample-" + u.GetName())
+		if err := c.Create(ctx, u); err != nil {
+			t.Errorf("%s: %v", filepath.Base(p), err)
+		}
+	}
 }
 
 func testCreate(ctx context.Context, t *testing.T, c client.Client) {
