@@ -3,11 +3,13 @@
 # release downloads), once per version, into the cache outside the repo:
 #   $ETCD_BIN/etcd
 #   $K8S_BIN/{kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy}
+#   $CRICTL_BIN/crictl (cri-tools; cluster-down.sh tears pods down through CRI)
 # and an envtest assets dir ($FNLET_CACHE/envtest-$K8S_VERSION) with symlinks
 # kube-apiserver, etcd and kubectl.
 #
 # Usage: hack/build-k8s.sh [--apiserver-only] [--print-assets]
-#   --apiserver-only  build only etcd + kube-apiserver (what envtest needs);
+#   --apiserver-only  build only etcd + kube-apiserver (what envtest needs and
+#                     control-plane-up.sh runs);
 #                     ~5 min cold instead of ~7 min for everything.
 #   --print-assets    print the envtest assets dir as the last stdout line:
 #                     KUBEBUILDER_ASSETS=$(hack/build-k8s.sh --apiserver-only --print-assets)
@@ -18,7 +20,7 @@
 # asks for the assets while a build runs waits for it instead of racing.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
-. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/k8s-lib.sh"
 
 apiserver_only=false
 print_assets=false
@@ -155,6 +157,17 @@ build_k8s() {
 	rmdir "$tmp"
 }
 
+build_crictl() {
+	[ -x "$CRICTL_BIN/crictl" ] && return 0
+	log "building crictl $CRICTL_VERSION into $CRICTL_BIN"
+	mkdir -p "$CRICTL_BIN"
+	local tmp
+	tmp=$(mktemp -d "$CRICTL_BIN/.build.XXXXXX")
+	timed env GOBIN="$tmp" GOFLAGS=-mod=mod go install -trimpath -ldflags "-s -w" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+	mv "$tmp/crictl" "$CRICTL_BIN/crictl"
+	rmdir "$tmp"
+}
+
 make_assets() {
 	mkdir -p "$ENVTEST_ASSETS"
 	ln -sfn "$K8S_BIN/kube-apiserver" "$ENVTEST_ASSETS/kube-apiserver"
@@ -162,24 +175,33 @@ make_assets() {
 	ln -sfn "$(command -v kubectl || echo /usr/bin/kubectl)" "$ENVTEST_ASSETS/kubectl"
 }
 
-mkdir -p "$FNLET_CACHE"
-exec 9>"$FNLET_CACHE/build-k8s-$K8S_VERSION.lock"
-if ! flock -n 9; then
-	log "another build-k8s.sh holds $FNLET_CACHE/build-k8s-$K8S_VERSION.lock; waiting"
-	flock 9
-fi
+# main is called on the last line, so bash has parsed the whole file before
+# running anything: editing this script while a long build runs cannot
+# change what the running instance executes.
+main() {
+	mkdir -p "$FNLET_CACHE"
+	exec 9>"$FNLET_CACHE/build-k8s-$K8S_VERSION.lock"
+	if ! flock -n 9; then
+		log "another build-k8s.sh holds $FNLET_CACHE/build-k8s-$K8S_VERSION.lock; waiting"
+		flock 9
+	fi
 
-total=$SECONDS
-# Kubernetes first: etcd shares grpc/otel/protobuf packages with it, so it then
-# mostly links from the warm build cache.
-if $apiserver_only; then
-	build_k8s kube-apiserver
-else
-	build_k8s "${K8S_CMDS[@]}"
-fi
-build_etcd
-make_assets
-log "ready in $((SECONDS - total))s: etcd in $ETCD_BIN, Kubernetes in $K8S_BIN, envtest assets in $ENVTEST_ASSETS"
-if $print_assets; then
-	echo "$ENVTEST_ASSETS"
-fi
+	local total=$SECONDS
+	# Kubernetes first: etcd shares grpc/otel/protobuf packages with it, so it then
+	# mostly links from the warm build cache.
+	if $apiserver_only; then
+		build_k8s kube-apiserver
+	else
+		build_k8s "${K8S_CMDS[@]}"
+	fi
+	build_etcd
+	$apiserver_only || build_crictl
+	make_assets
+	log "ready in $((SECONDS - total))s: etcd in $ETCD_BIN, Kubernetes in $K8S_BIN, envtest assets in $ENVTEST_ASSETS"
+	if $print_assets; then
+		echo "$ENVTEST_ASSETS"
+	fi
+}
+
+main
+exit

@@ -52,7 +52,8 @@ client admin "/O=system:masters/CN=fnlet-admin"
 client apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
 client kube-controller-manager "/CN=system:kube-controller-manager"
 client kube-scheduler "/CN=system:kube-scheduler"
-client kube-proxy "/CN=system:node-proxier"
+# The default system:node-proxier ClusterRoleBinding names this user.
+client kube-proxy "/CN=system:kube-proxy"
 # The Node authorizer and NodeRestriction only accept this exact identity.
 client "node-$NODE_NAME" "/O=system:nodes/CN=system:node:$NODE_NAME"
 

@@ -23,13 +23,26 @@ SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.1 # first address of SERVICE_CIDR: the kubernetes Service
 CLUSTER_DNS=10.96.0.10 # nothing serves it; kubelet just needs a value
 
-# Single-node cluster on top of the control plane.
+# Single-node cluster on top of the control plane: its own containerd
+# (socket, root, state, runc root), kubelet dirs, CNI config and IPAM state.
 CLUSTER_STATE=$FNLET_STATE/cluster
 CLUSTER_RUN=$FNLET_RUN/cluster
-CLUSTER_CTRD_SOCK=$CLUSTER_RUN/containerd/containerd.sock
+CLUSTER_CTRD_DIR=$CLUSTER_RUN/containerd
+CLUSTER_CTRD_SOCK=$CLUSTER_CTRD_DIR/containerd.sock
+CLUSTER_CTRD_STATE=$CLUSTER_CTRD_DIR/state
+CLUSTER_CTRD_ROOT=$CLUSTER_STATE/containerd
+RUNC_ROOT=$CLUSTER_RUN/runc
+KUBELET_DIR=$CLUSTER_STATE/kubelet
+POD_LOGS_DIR=$CLUSTER_STATE/pod-logs
+CNI_CONF_DIR=$CLUSTER_STATE/cni/net.d
+CNI_IPAM_DIR=$CLUSTER_STATE/cni/ipam
+SYSCTL_ORIG=$CLUSTER_STATE/sysctl-orig.conf
 POD_CIDR=10.244.0.0/24
 CNI_BRIDGE=fnlet0
-SANDBOX_IMAGE=localhost/fnlet-pause:v1
+CNI_NETWORK=fnlet-dev # the conflist's name; CNI tags its iptables rules with it
+SANDBOX_IMAGE=localhost/fnlet/pause:v1
+CRICTL_VERSION=${CRICTL_VERSION:-v1.37.0}
+CRICTL_BIN=$FNLET_CACHE/cri-tools-$CRICTL_VERSION/bin
 
 NODE_NAME=${FNLET_NODE_NAME:-$(hostname)}
 # NODE_IP is the source address of the default route: what pods and the
@@ -100,6 +113,9 @@ apiserver_ready() {
 	[ "$(curl -sf --max-time 2 --cacert "$PKI_DIR/ca.crt" --cert "$PKI_DIR/admin.crt" --key "$PKI_DIR/admin.key" \
 		"https://127.0.0.1:$APISERVER_PORT/readyz" 2>/dev/null)" = ok ]
 }
+
+# cluster_ctr runs containerd 2.x's ctr against the cluster's containerd.
+cluster_ctr() { "$CONTAINERD_BIN/ctr" --address "$CLUSTER_CTRD_SOCK" "$@"; }
 
 # kubectl_admin runs kubectl as cluster admin.
 kubectl_admin() { kubectl --kubeconfig "$ADMIN_KUBECONFIG" "$@"; }
