@@ -1,0 +1,335 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrlclient "sigs.k8s.io/controller-runtime/pkg/client"
+
+	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/internal/ctrd"
+	utiltesting "github.com/fnlet/fnlet/internal/testing"
+)
+
+func call(name, ns, node string) *utiltesting.FunctionCallWrapper {
+	return utiltesting.MakeFunctionCall(name, ns).Image(testImage).ImagePullPolicy(corev1.PullNever).NodeName(node)
+}
+
+func create(t *testing.T, fc *fnletv1.FunctionCall) types.NamespacedName {
+	t.Helper()
+	if err := env.k8s.Create(context.Background(), fc); err != nil {
+		t.Fatalf("create %s: %v", fc.Name, err)
+	}
+	return types.NamespacedName{Namespace: fc.Namespace, Name: fc.Name}
+}
+
+func get(t *testing.T, key types.NamespacedName) *fnletv1.FunctionCall {
+	t.Helper()
+	var fc fnletv1.FunctionCall
+	if err := env.k8s.Get(context.Background(), key, &fc); err != nil {
+		t.Fatalf("get %s: %v", key, err)
+	}
+	return &fc
+}
+
+// waitFor polls the call until cond holds (the test's view, not the
+// manager's mechanism, so polling is fine here).
+func waitFor(t *testing.T, key types.NamespacedName, timeout time.Duration, what string, cond func(*fnletv1.FunctionCall) bool) *fnletv1.FunctionCall {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var fc fnletv1.FunctionCall
+	for {
+		err := env.k8s.Get(context.Background(), key, &fc)
+		if err == nil && cond(&fc) {
+			return &fc
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not %s after %s; last status %+v (err %v)", key, what, timeout, fc.Status, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func waitFinished(t *testing.T, key types.NamespacedName, timeout time.Duration) *fnletv1.FunctionCall {
+	t.Helper()
+	return waitFor(t, key, timeout, "finished", func(fc *fnletv1.FunctionCall) bool { return fc.IsFinished() })
+}
+
+func expectOutcome(t *testing.T, fc *fnletv1.FunctionCall, phase fnletv1.CallPhase, reason fnletv1.CallReason, exit *int32) {
+	t.Helper()
+	if fc.Status.Phase != phase || fc.Status.Reason != reason {
+		t.Fatalf("%s: phase/reason = %s/%s (%s), want %s/%s", fc.Name, fc.Status.Phase, fc.Status.Reason, fc.Status.Message, phase, reason)
+	}
+	if exit != nil && (fc.Status.ExitCode == nil || *fc.Status.ExitCode != *exit) {
+		t.Fatalf("%s: exit code %v, want %d", fc.Name, fc.Status.ExitCode, *exit)
+	}
+}
+
+func i32(v int32) *int32 { return &v }
+
+// containers lists the call containers in the suite's containerd namespace.
+func containers(t *testing.T, uid types.UID) int {
+	t.Helper()
+	c, err := client.New(env.containerd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := namespaces.WithNamespace(context.Background(), env.ctrdNS)
+	filter := fmt.Sprintf(`labels."%s"==%s`, ctrd.LabelCallUID, uid)
+	cs, err := c.Containers(ctx, filter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(cs)
+}
+
+// TestCallOutcomes runs calls that end every way a user can see, on one
+// manager, and checks what lands in their status.
+func TestCallOutcomes(t *testing.T) {
+	requireEnv(t)
+	node := "node-outcomes"
+	startManager(t, node, t.TempDir(), "--default-timeout", "30s")
+	ns := newNamespace(t)
+
+	t.Run("success with stdout in status", func(t *testing.T) {
+		key := create(t, call("ok", ns, node).Args("-stdout-text", "hello fnlet", "-stderr-text", "note").Obj())
+		fc := waitFinished(t, key, 30*time.Second)
+		expectOutcome(t, fc, fnletv1.PhaseSucceeded, fnletv1.ReasonCompleted, i32(0))
+		if fc.Status.Stdout != "hello fnlet\n" || fc.Status.Stderr != "note\n" {
+			t.Errorf("stdout %q stderr %q", fc.Status.Stdout, fc.Status.Stderr)
+		}
+		if fc.Status.StartedAt == nil || fc.Status.FinishedAt == nil || fc.Status.ClaimedAt == nil || fc.Status.Usage == nil || fc.Status.Usage.CPUNanoseconds == 0 {
+			t.Errorf("times/usage missing: %+v", fc.Status)
+		}
+		if fc.Status.NodeName != node || fc.Status.ContainerID == "" {
+			t.Errorf("node %q container %q", fc.Status.NodeName, fc.Status.ContainerID)
+		}
+		// The finalizer goes once the container is gone.
+		fc = waitFor(t, key, 10*time.Second, "without finalizer", func(fc *fnletv1.FunctionCall) bool { return len(fc.Finalizers) == 0 })
+		if n := containers(t, fc.UID); n != 0 {
+			t.Errorf("%d containers left for a finished call", n)
+		}
+	})
+
+	t.Run("non-zero exit is Error with the code", func(t *testing.T) {
+		key := create(t, call("exit3", ns, node).Args("-stderr-text", "bad input", "-exit", "3").Obj())
+		fc := waitFinished(t, key, 30*time.Second)
+		expectOutcome(t, fc, fnletv1.PhaseFailed, fnletv1.ReasonError, i32(3))
+		if fc.Status.Stderr != "bad input\n" {
+			t.Errorf("stderr %q", fc.Status.Stderr)
+		}
+	})
+
+	t.Run("memory over limit is OOMKilled", func(t *testing.T) {
+		key := create(t, call("oom", ns, node).Args("-alloc-mib", "64").Memory("32Mi").Obj())
+		fc := waitFinished(t, key, 30*time.Second)
+		expectOutcome(t, fc, fnletv1.PhaseFailed, fnletv1.ReasonOOMKilled, i32(137))
+	})
+
+	t.Run("timeout is TimedOut", func(t *testing.T) {
+		key := create(t, call("slow", ns, node).Args("-sleep", "60s").Timeout(time.Second).Obj())
+		fc := waitFinished(t, key, 30*time.Second)
+		expectOutcome(t, fc, fnletv1.PhaseFailed, fnletv1.ReasonTimedOut, nil)
+	})
+
+	t.Run("cancel is Cancelled", func(t *testing.T) {
+		key := create(t, call("cancel-me", ns, node).Args("-trap-term", "-sleep", "60s").Obj())
+		fc := waitFor(t, key, 30*time.Second, "running", func(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning })
+		patch := ctrlclient.MergeFrom(fc.DeepCopy())
+		fc.Spec.Cancel = true
+		if err := env.k8s.Patch(context.Background(), fc, patch); err != nil {
+			t.Fatalf("set cancel: %v", err)
+		}
+		fc = waitFinished(t, key, 30*time.Second)
+		expectOutcome(t, fc, fnletv1.PhaseFailed, fnletv1.ReasonCancelled, i32(137)) // it traps TERM: killed after the grace
+	})
+
+	t.Run("missing image with policy Never is ImagePullFailed NotFound", func(t *testing.T) {
+		key := create(t, call("noimage", ns, node).Image("localhost/fnlet/absent:v1").Obj())
+		fc := waitFinished(t, key, 30*time.Second)
+		expectOutcome(t, fc, fnletv1.PhaseFailed, fnletv1.ReasonImagePullFailed, nil)
+		if fc.Status.PullError != fnletv1.PullErrorNotFound || !strings.Contains(fc.Status.Message, "Never") {
+			t.Errorf("pullError %q message %q", fc.Status.PullError, fc.Status.Message)
+		}
+	})
+
+	t.Run("input reaches stdin", func(t *testing.T) {
+		key := create(t, call("echo", ns, node).Args("-stdin-echo").Input("some input\n").Obj())
+		fc := waitFinished(t, key, 30*time.Second)
+		expectOutcome(t, fc, fnletv1.PhaseSucceeded, fnletv1.ReasonCompleted, i32(0))
+		if fc.Status.Stdout != "some input\n" {
+			t.Errorf("stdout %q", fc.Status.Stdout)
+		}
+	})
+
+	t.Run("env from a Secret of the call's namespace", func(t *testing.T) {
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "creds", Namespace: ns}, StringData: map[string]string{"token": "s3cr3t"}}
+		if err := env.k8s.Create(context.Background(), sec); err != nil {
+			t.Fatal(err)
+		}
+		key := create(t, call("with-secret", ns, node).Args("-print-env").EnvFromSecret("TOKEN", "creds", "token").Obj())
+		fc := waitFinished(t, key, 30*time.Second)
+		expectOutcome(t, fc, fnletv1.PhaseSucceeded, fnletv1.ReasonCompleted, i32(0))
+		if !strings.Contains(fc.Status.Stdout, "TOKEN=s3cr3t\n") {
+			t.Errorf("env not set: %q", fc.Status.Stdout)
+		}
+	})
+
+	t.Run("a Secret of another namespace is not reachable", func(t *testing.T) {
+		other := newNamespace(t)
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "elsewhere", Namespace: other}, StringData: map[string]string{"token": "theirs"}}
+		if err := env.k8s.Create(context.Background(), sec); err != nil {
+			t.Fatal(err)
+		}
+		key := create(t, call("steal", ns, node).Args("-print-env").EnvFromSecret("TOKEN", "elsewhere", "token").Obj())
+		fc := waitFinished(t, key, 30*time.Second)
+		expectOutcome(t, fc, fnletv1.PhaseFailed, fnletv1.ReasonInvalidSpec, nil)
+		if strings.Contains(fc.Status.Stdout, "theirs") || !strings.Contains(fc.Status.Message, "not found") {
+			t.Errorf("status %+v", fc.Status)
+		}
+	})
+
+	t.Run("deletion mid-run removes the container and the finalizer", func(t *testing.T) {
+		key := create(t, call("delete-me", ns, node).Args("-sleep", "60s").Obj())
+		fc := waitFor(t, key, 30*time.Second, "running", func(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning })
+		if n := containers(t, fc.UID); n != 1 {
+			t.Fatalf("%d containers for a running call, want 1", n)
+		}
+		if err := env.k8s.Delete(context.Background(), fc); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			err := env.k8s.Get(context.Background(), key, &fnletv1.FunctionCall{})
+			if apierrors.IsNotFound(err) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("call still present 20s after delete: %v", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if n := containers(t, fc.UID); n != 0 {
+			t.Fatalf("%d containers left after delete", n)
+		}
+	})
+}
+
+// TestInvalidSpecsRejectedByKubectl applies bad YAML the way a user would.
+func TestInvalidSpecsRejectedByKubectl(t *testing.T) {
+	requireEnv(t)
+	ns := newNamespace(t)
+	tests := []struct {
+		name, spec, want string
+	}{
+		{"missing image", `args: ["x"]`, "image"},
+		{"negative memory", "image: " + testImage + "\n  resources:\n    memory: -1Mi", "memory"},
+		{"unknown network", "image: " + testImage + "\n  network: bridge", "network"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := kubectlApply(t, ns, "bad", tc.spec)
+			if err == nil {
+				t.Fatalf("kubectl apply accepted it:\n%s", out)
+			}
+			if !strings.Contains(out, tc.want) {
+				t.Fatalf("message does not mention %q:\n%s", tc.want, out)
+			}
+		})
+	}
+	t.Run("spec change after claim", func(t *testing.T) {
+		node := "node-immutable"
+		startManager(t, node, t.TempDir())
+		key := create(t, call("frozen", ns, node).Args("-sleep", "30s").Obj())
+		waitFor(t, key, 30*time.Second, "claimed", func(fc *fnletv1.FunctionCall) bool { return fc.Status.NodeName == node })
+		out, err := kubectlApply(t, ns, "frozen", fmt.Sprintf("image: %s\n  imagePullPolicy: Never\n  nodeName: %s\n  args: [\"-sleep\", \"1s\"]", testImage, node))
+		if err == nil || !strings.Contains(out, "immutable") {
+			t.Fatalf("change after claim not rejected (err %v):\n%s", err, out)
+		}
+	})
+}
+
+func kubectlApply(t *testing.T, ns, name, spec string) (string, error) {
+	t.Helper()
+	doc := fmt.Sprintf("apiVersion: fnlet.dev/v1alpha1\nkind: FunctionCall\nmetadata:\n  name: %s\n  namespace: %s\nspec:\n  %s\n", name, ns, spec)
+	cmd := exec.Command("kubectl", "--kubeconfig", env.adminConfig, "apply", "-f", "-")
+	cmd.Stdin = strings.NewReader(doc)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+// TestTwoManagersRaceExactlyOnce: 50 unbound calls, two nodes competing;
+// each call must run exactly once (its output is written once, and every
+// call is claimed by exactly one node).
+func TestTwoManagersRaceExactlyOnce(t *testing.T) {
+	requireEnv(t)
+	logs := t.TempDir()
+	a := startManager(t, "race-a", logs, "--max-calls", "8")
+	b := startManager(t, "race-b", logs, "--max-calls", "8")
+	ns := newNamespace(t)
+	const n = 50
+	keys := make([]types.NamespacedName, n)
+	for i := range keys {
+		keys[i] = create(t, call(fmt.Sprintf("race-%d", i), ns, "").Args("-stdout-text", fmt.Sprintf("call %d", i)).Obj())
+	}
+	perNode := map[string]int{}
+	for i, key := range keys {
+		fc := waitFinished(t, key, 120*time.Second)
+		expectOutcome(t, fc, fnletv1.PhaseSucceeded, fnletv1.ReasonCompleted, i32(0))
+		if want := fmt.Sprintf("call %d\n", i); fc.Status.Stdout != want {
+			t.Errorf("%s stdout %q, want %q (ran twice?)", key.Name, fc.Status.Stdout, want)
+		}
+		perNode[fc.Status.NodeName]++
+		// The full log holds the output exactly once: one run.
+		b, err := os.ReadFile(filepath.Join(logs, ctrd.ContainerID(string(fc.UID)), "stdout"))
+		if err != nil || string(b) != fmt.Sprintf("call %d\n", i) {
+			t.Errorf("%s full log %q (%v)", key.Name, b, err)
+		}
+	}
+	t.Logf("calls per node: %v", perNode)
+	if perNode["race-a"]+perNode["race-b"] != n {
+		t.Fatalf("calls per node %v do not add up to %d", perNode, n)
+	}
+	a.stop()
+	b.stop()
+}
+
+// TestManagerKilledMidCall: kill -9 the manager while a call runs; a new
+// manager for the node finishes the call with its status and output.
+func TestManagerKilledMidCall(t *testing.T) {
+	requireEnv(t)
+	node := "node-crash"
+	logs := t.TempDir()
+	m1 := startManager(t, node, logs)
+	ns := newNamespace(t)
+	key := create(t, call("survivor", ns, node).Args("-stdout-text", "before", "-sleep", "3s", "-stderr-text", "after", "-exit", "4").Obj())
+	waitFor(t, key, 30*time.Second, "running", func(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning })
+	m1.kill9()
+	time.Sleep(4 * time.Second) // the call exits while no manager runs
+	startManager(t, node, logs)
+	fc := waitFinished(t, key, 30*time.Second)
+	expectOutcome(t, fc, fnletv1.PhaseFailed, fnletv1.ReasonError, i32(4))
+	if fc.Status.Stdout != "before\n" || fc.Status.Stderr != "after\n" {
+		t.Fatalf("output after restart: stdout %q stderr %q", fc.Status.Stdout, fc.Status.Stderr)
+	}
+	waitFor(t, key, 10*time.Second, "cleaned", func(fc *fnletv1.FunctionCall) bool { return len(fc.Finalizers) == 0 })
+	if n := containers(t, fc.UID); n != 0 {
+		t.Fatalf("%d containers left", n)
+	}
+}
