@@ -114,8 +114,11 @@ apiserver_ready() {
 		"https://127.0.0.1:$APISERVER_PORT/readyz" 2>/dev/null)" = ok ]
 }
 
-# cluster_ctr runs containerd 2.x's ctr against the cluster's containerd.
-cluster_ctr() { "$CONTAINERD_BIN/ctr" --address "$CLUSTER_CTRD_SOCK" "$@"; }
+# cluster_ctr runs containerd 2.x's ctr against the cluster's containerd,
+# without its "cgroup v1 is deprecated" warning on every call.
+cluster_ctr() {
+	"$CONTAINERD_BIN/ctr" --address "$CLUSTER_CTRD_SOCK" "$@" 2> >(grep -v 'support for cgroup v1 is deprecated' >&2)
+}
 
 # kubectl_admin runs kubectl as cluster admin.
 kubectl_admin() { kubectl --kubeconfig "$ADMIN_KUBECONFIG" "$@"; }
