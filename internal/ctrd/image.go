@@ -329,7 +329,10 @@ func classifyPullError(err error) PullErrorClass {
 	switch {
 	case errdefs.IsNotFound(err):
 		return PullNotFound
-	case errdefs.IsUnauthorized(err), errdefs.IsPermissionDenied(err):
+	case errdefs.IsUnauthorized(err), errdefs.IsPermissionDenied(err),
+		// The resolver's "pull access denied ...": no credentials for a
+		// registry that wants them, or a token the registry refused.
+		errors.Is(err, docker.ErrInvalidAuthorization):
 		return PullUnauthorized
 	case errors.As(err, &status):
 		switch status.StatusCode {

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/remotes/docker"
 	remoteerrors "github.com/containerd/containerd/v2/core/remotes/errors"
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc/codes"
@@ -206,6 +207,8 @@ func TestUnitClassifyPullError(t *testing.T) {
 		{"errdefs not found", fmt.Errorf("registry.example/fn:v1: %w", errdefs.ErrNotFound), PullNotFound},
 		{"errdefs unauthenticated", fmt.Errorf("pull: %w", errdefs.ErrUnauthenticated), PullUnauthorized},
 		{"errdefs permission denied", fmt.Errorf("pull: %w", errdefs.ErrPermissionDenied), PullUnauthorized},
+		{"no credentials for a registry that wants them", fmt.Errorf("failed to resolve reference: pull access denied, repository does not exist or may require authorization: %w",
+			fmt.Errorf("%w: no basic auth credentials", docker.ErrInvalidAuthorization)), PullUnauthorized},
 		{"HTTP 401", fmt.Errorf("failed to resolve: %w", httpStatus(401, "Unauthorized")), PullUnauthorized},
 		{"HTTP 403", fmt.Errorf("failed to resolve: %w", httpStatus(403, "Forbidden")), PullUnauthorized},
 		{"HTTP 404", fmt.Errorf("failed to fetch: %w", httpStatus(404, "Not Found")), PullNotFound},
