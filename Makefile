@@ -83,3 +83,11 @@ $(CONTROLLER_GEN):
 	@mkdir -p $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
 	mv $(LOCALBIN)/controller-gen $(CONTROLLER_GEN)
+
+##@ Demo
+
+.PHONY: demo demo-down
+demo: ## Local containerd + control plane + manager; apply the samples and print their results.
+	hack/demo.sh
+demo-down: ## Stop what `make demo` started.
+	hack/demo.sh down

@@ -7,8 +7,11 @@ pkgs=(
 	containerd runc crun busybox-static   # runtime; Debian's containerd 1.6 is the compat daemon
 	docker-registry skopeo apache2-utils  # a real local registry with htpasswd for pull tests
 	openssl iproute2 iptables conntrack   # control plane certs, node networking
-	containernetworking-plugins psmisc procps
+	containernetworking-plugins psmisc procps curl ca-certificates git
 )
+# kubectl: the machine image ships one (v1.32); Debian's kubernetes-client
+# conflicts with it, so we only check.
+command -v kubectl >/dev/null || die "kubectl not found: install kubectl (v1.30+) on PATH"
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

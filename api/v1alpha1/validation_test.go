@@ -39,6 +39,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/fnlet/fnlet/internal/testenv"
+
 	fnletv1alpha1 "github.com/fnlet/fnlet/api/v1alpha1"
 	utiltesting "github.com/fnlet/fnlet/internal/testing"
 )
@@ -50,7 +52,7 @@ const immutableMsg = "spec is immutable once the call is claimed by a node (only
 func startAPIServer(t *testing.T) client.Client {
 	t.Helper()
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		t.Skip("skipping admission tests: KUBEBUILDER_ASSETS is not set, so there is no kube-apiserver to install the CRD in; " +
+		testenv.Missing(t, "admission tests: KUBEBUILDER_ASSETS is not set, so there is no kube-apiserver to install the CRD in; "+
 			"run them with KUBEBUILDER_ASSETS=$(hack/build-k8s.sh --apiserver-only --print-assets) go test ./api/...")
 	}
 	env := &envtest.Environment{

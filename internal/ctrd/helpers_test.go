@@ -11,6 +11,8 @@ import (
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+
+	"github.com/fnlet/fnlet/internal/testenv"
 )
 
 // Integration tests run against a real containerd; make test starts one
@@ -19,14 +21,14 @@ const (
 	addressEnv   = "FNLET_CONTAINERD_ADDRESS"
 	testfnImage  = "localhost/fnlet/testfn:v1"
 	busyboxImage = "localhost/fnlet/busybox:v1"
-	testNS       = "fnlet"
+	testNS       = "fnlet-test" // apart from a demo manager's namespace, whose orphan GC would take our containers
 )
 
 func daemonAddress(t testing.TB) string {
 	t.Helper()
 	addr := os.Getenv(addressEnv)
 	if addr == "" {
-		t.Skipf("skipped: %s is not set; this test needs a real containerd (run `make test`, or hack/containerd-up.sh and export %s=<socket>)", addressEnv, addressEnv)
+		testenv.Missing(t, "%s is not set; this test needs a real containerd (run `make test`, or hack/containerd-up.sh and export %s=<socket>)", addressEnv, addressEnv)
 	}
 	return addr
 }

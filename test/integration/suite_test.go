@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/internal/testenv"
 )
 
 // The suite's shared environment, set up once in TestMain.
@@ -156,7 +157,7 @@ func bindManagerRole(c client.Client, user string) error {
 func requireEnv(t *testing.T) {
 	t.Helper()
 	if env.skip != "" {
-		t.Skip("skipped: " + env.skip)
+		testenv.Missing(t, "%s", env.skip)
 	}
 }
 
