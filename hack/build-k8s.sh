@@ -2,7 +2,7 @@
 # Build etcd and the Kubernetes server binaries from the Go module proxy (no
 # release downloads), once per version, into the cache outside the repo:
 #   $ETCD_BIN/etcd
-#   $K8S_BIN/{kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy}
+#   $K8S_BIN/{kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy,kubectl}
 #   $CRICTL_BIN/crictl (cri-tools; cluster-down.sh tears pods down through CRI)
 # and an envtest assets dir ($FNLET_CACHE/envtest-$K8S_VERSION) with symlinks
 # kube-apiserver, etcd and kubectl.
@@ -10,7 +10,7 @@
 # Usage: hack/build-k8s.sh [--apiserver-only] [--print-assets]
 #   --apiserver-only  build only etcd + kube-apiserver (what envtest needs and
 #                     control-plane-up.sh runs);
-#                     ~5 min cold instead of ~7 min for everything.
+#                     5-11 min cold instead of 7-20 min for everything.
 #   --print-assets    print the envtest assets dir as the last stdout line:
 #                     KUBEBUILDER_ASSETS=$(hack/build-k8s.sh --apiserver-only --print-assets)
 #
@@ -39,7 +39,9 @@ done
 ETCD_BUILD=$FNLET_CACHE/etcdbuild-$ETCD_VERSION
 K8S_BUILD=$FNLET_CACHE/k8sbuild-$K8S_VERSION
 ENVTEST_ASSETS=$FNLET_CACHE/envtest-$K8S_VERSION
-K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+# kubectl too: a client of the same version as the server, independent of
+# whatever kubectl the machine happens to have.
+K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 
 # Staging modules are published as v0.<minor>.<patch> for k8s v1.<minor>.<patch>.
 k8s_semver=${K8S_VERSION#v}
@@ -93,7 +95,11 @@ EOF
 # version. tools.go must import every command we build, otherwise go mod tidy
 # leaves out their dependencies ("missing go.sum entry").
 make_k8s_module() {
-	[ -f "$K8S_BUILD/go.sum" ] && return 0
+	local c complete=true
+	for c in "${K8S_CMDS[@]}"; do
+		grep -q "\"k8s.io/kubernetes/cmd/$c\"" "$K8S_BUILD/tools.go" 2>/dev/null || complete=false
+	done
+	[ -f "$K8S_BUILD/go.sum" ] && $complete && return 0
 	log "generating Kubernetes build module in $K8S_BUILD"
 	local upstream
 	upstream=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')
@@ -107,7 +113,6 @@ make_k8s_module() {
 	grep -q '=> k8s.io/api ' "$K8S_BUILD/go.mod" || die "no staging replaces found in $upstream"
 	{
 		printf '//go:build tools\n\n// Package k8sbuild only pins the Kubernetes commands we build.\npackage k8sbuild\n\nimport (\n'
-		local c
 		for c in "${K8S_CMDS[@]}"; do
 			printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"
 		done
@@ -139,7 +144,7 @@ build_k8s() {
 	done
 	[ ${#want[@]} -eq 0 ] && return 0
 	make_k8s_module
-	log "building ${want[*]} $K8S_VERSION into $K8S_BIN (cold: ~5 min for kube-apiserver, ~7 min for all five)"
+	log "building ${want[*]} $K8S_VERSION into $K8S_BIN (cold on 2 cores: 5-11 min for kube-apiserver alone, 7-20 min for all, depending on load)"
 	mkdir -p "$K8S_BIN"
 	local tmp pkgs=() vpkg=k8s.io/component-base/version
 	for c in "${want[@]}"; do
@@ -172,7 +177,11 @@ make_assets() {
 	mkdir -p "$ENVTEST_ASSETS"
 	ln -sfn "$K8S_BIN/kube-apiserver" "$ENVTEST_ASSETS/kube-apiserver"
 	ln -sfn "$ETCD_BIN/etcd" "$ENVTEST_ASSETS/etcd"
-	ln -sfn "$(command -v kubectl || echo /usr/bin/kubectl)" "$ENVTEST_ASSETS/kubectl"
+	if [ -x "$K8S_BIN/kubectl" ]; then
+		ln -sfn "$K8S_BIN/kubectl" "$ENVTEST_ASSETS/kubectl"
+	else
+		ln -sfn "$(command -v kubectl || echo /usr/bin/kubectl)" "$ENVTEST_ASSETS/kubectl"
+	fi
 }
 
 # main is called on the last line, so bash has parsed the whole file before

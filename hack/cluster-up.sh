@@ -43,7 +43,7 @@ render() {
 
 ensure_binaries() {
 	local b missing=false
-	for b in "$KCM" "$SCHEDULER" "$KUBELET" "$KUBE_PROXY" "$CRICTL_BIN/crictl"; do
+	for b in "$KCM" "$SCHEDULER" "$KUBELET" "$KUBE_PROXY" "$K8S_BIN/kubectl" "$CRICTL_BIN/crictl"; do
 		[ -x "$b" ] || missing=true
 	done
 	if $missing; then
@@ -202,6 +202,9 @@ start_kube_proxy() {
 }
 
 # shellcheck disable=SC2317 # called through wait_for
+kubelet_healthy() { [ "$(curl -sf --max-time 2 http://127.0.0.1:10248/healthz)" = ok ]; }
+
+# shellcheck disable=SC2317 # called through wait_for
 node_ready() {
 	[ "$(kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
@@ -221,7 +224,8 @@ main() {
 	ensure_pause_image
 	start_kubelet
 	start_kube_proxy
-	if ! WAIT_SECS=180 wait_for node_ready; then
+	# Both: a kubelet restarted a moment ago still has a Ready node object.
+	if ! WAIT_SECS=180 wait_for kubelet_healthy || ! WAIT_SECS=180 wait_for node_ready; then
 		tail -30 "$FNLET_LOGS/kubelet.log" >&2
 		die "node $NODE_NAME not Ready after 180s (logs in $FNLET_LOGS)"
 	fi

@@ -120,5 +120,10 @@ cluster_ctr() {
 	"$CONTAINERD_BIN/ctr" --address "$CLUSTER_CTRD_SOCK" "$@" 2> >(grep -v 'support for cgroup v1 is deprecated' >&2)
 }
 
-# kubectl_admin runs kubectl as cluster admin.
-kubectl_admin() { kubectl --kubeconfig "$ADMIN_KUBECONFIG" "$@"; }
+# kubectl_admin runs kubectl as cluster admin: ours (same version as the
+# server) once build-k8s.sh made it, else the machine's.
+kubectl_admin() {
+	local kubectl=$K8S_BIN/kubectl
+	[ -x "$kubectl" ] || kubectl=kubectl
+	"$kubectl" --kubeconfig "$ADMIN_KUBECONFIG" "$@"
+}
