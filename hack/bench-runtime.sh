@@ -9,6 +9,8 @@
 #   BENCH_RUNTIME=runc    OCI runtime (runc or crun)
 #   FNLET_CONTAINERD=2    daemon to use (2 or 1.6, see hack/lib.sh); or set
 #                         FNLET_CONTAINERD_ADDRESS to a socket
+#   BENCH_NAMESPACE=fnlet-bench  containerd namespace (the test images are
+#                         imported into it)
 # Extra arguments go to the program (test/bench/runtime), e.g.
 #   hack/bench-runtime.sh -cpuprofile /tmp/cpu.pprof
 #   hack/bench-runtime.sh -- -stdout-text hi     (args for /testfn)
@@ -21,10 +23,19 @@ addr=${FNLET_CONTAINERD_ADDRESS:-$CTRD_SOCK}
 # The program picks the ctr matching the daemon's version from this cache.
 export FNLET_CACHE
 
+# Its own namespace: managers and tests sharing the daemon (whose orphan GC
+# removes fnlet containers it does not know) leave the benchmark alone.
+ns=${BENCH_NAMESPACE:-fnlet-bench}
+if [ "$addr" = "$CTRD_SOCK" ]; then
+	IMPORT_NAMESPACE=$ns hack/build-images.sh >/dev/null
+else
+	IMPORT_ADDRESS=$addr IMPORT_NAMESPACE=$ns hack/build-images.sh >/dev/null
+fi
+
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 go build -o "$tmp/runtime-bench" ./test/bench/runtime
 
-"$tmp/runtime-bench" -address "$addr" -namespace "$CTRD_NS" \
+"$tmp/runtime-bench" -address "$addr" -namespace "$ns" \
 	-n "${BENCH_N:-30}" -runtime "${BENCH_RUNTIME:-runc}" \
 	-out "$FNLET_ROOT/bench-results" "$@"
