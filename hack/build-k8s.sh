@@ -29,7 +29,7 @@ for arg in "$@"; do
 	--apiserver-only) apiserver_only=true ;;
 	--print-assets) print_assets=true ;;
 	-h | --help)
-		sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+		awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
 		exit 0
 		;;
 	*) die "unknown argument: $arg" ;;

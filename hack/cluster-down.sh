@@ -136,6 +136,9 @@ main() {
 	fi
 	stop_daemon containerd "$CLUSTER_RUN/containerd.pid" "$CONTAINERD"
 	kill_leftovers
+	# No pod of ours runs any more: drop IP reservations a crash may have
+	# left, or they would pile up in the /24 across restarts.
+	rm -rf "${CNI_IPAM_DIR:?}/$CNI_NETWORK"
 	stop_daemon kube-scheduler "$CLUSTER_RUN/kube-scheduler.pid" "$K8S_BIN/kube-scheduler"
 	stop_daemon kube-controller-manager "$CLUSTER_RUN/kube-controller-manager.pid" "$K8S_BIN/kube-controller-manager"
 	"$FNLET_ROOT/hack/control-plane-down.sh" "$@"
