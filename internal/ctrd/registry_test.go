@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
 )
 
 // Integration tests against a real registry: Debian's docker-registry with
@@ -96,6 +97,9 @@ func loadRegistryEnv(t *testing.T) registryEnv {
 	}
 	if e.host == "" || e.caFile == "" || e.user == "" || e.password == "" || e.image == "" {
 		t.Fatalf("%s lacks one of FNLET_REGISTRY, FNLET_REGISTRY_CA, FNLET_REGISTRY_USER, FNLET_REGISTRY_PASSWORD, FNLET_REGISTRY_IMAGE: %v", path, keys(vars))
+	}
+	if hostOfRef(e.image) != e.host {
+		t.Fatalf("%s: FNLET_REGISTRY_IMAGE %s is not on FNLET_REGISTRY %s", path, e.image, e.host)
 	}
 	pem, err := os.ReadFile(e.caFile)
 	if err != nil {
@@ -266,9 +270,6 @@ func TestRegistryConcurrentPullsDeduplicated(t *testing.T) {
 	env := loadRegistryEnv(t)
 	proxy := newCountingProxy(t, env, 500*time.Millisecond)
 	ref := proxy.host() + strings.TrimPrefix(env.image, env.host)
-	if ref == env.image || !strings.HasPrefix(env.image, env.host+"/") {
-		t.Fatalf("image %s is not on registry %s", env.image, env.host)
-	}
 	auth := RegistryAuth{proxy.host(): {Username: env.user, Password: env.password}}
 	rt := newRegistryRuntime(t, WithRegistryTLS(proxy.tls()))
 	freshImage(t, ref)
@@ -342,10 +343,13 @@ func TestRegistryMissingIsNotFound(t *testing.T) {
 	env := loadRegistryEnv(t)
 	rt := newRegistryRuntime(t, WithRegistryTLS(env.tls()))
 	ctx := ctxTimeout(t, time.Minute)
-	repo, _, _ := strings.Cut(strings.TrimPrefix(env.image, env.host+"/"), ":")
+	named, err := reference.ParseNormalizedNamed(env.image)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, ref := range []string{
-		env.host + "/" + repo + ":no-such-tag",
-		env.host + "/fnlet/no-such-repo:v1",
+		named.Name() + ":no-such-tag",
+		reference.Domain(named) + "/fnlet/no-such-repo:v1",
 	} {
 		t.Run(ref, func(t *testing.T) {
 			_, err := rt.EnsureImage(ctx, ref, PullAlways, env.auth())
