@@ -41,6 +41,7 @@ type registryEnv struct {
 	user     string
 	password string
 	image    string // a pushed image (testfn)
+	digest   string // its manifest digest, if the env file says
 }
 
 func (e registryEnv) auth() RegistryAuth {
@@ -94,6 +95,7 @@ func loadRegistryEnv(t *testing.T) registryEnv {
 		user:     vars["FNLET_REGISTRY_USER"],
 		password: vars["FNLET_REGISTRY_PASSWORD"],
 		image:    vars["FNLET_REGISTRY_IMAGE"],
+		digest:   vars["FNLET_REGISTRY_IMAGE_DIGEST"],
 	}
 	if e.host == "" || e.caFile == "" || e.user == "" || e.password == "" || e.image == "" {
 		t.Fatalf("%s lacks one of FNLET_REGISTRY, FNLET_REGISTRY_CA, FNLET_REGISTRY_USER, FNLET_REGISTRY_PASSWORD, FNLET_REGISTRY_IMAGE: %v", path, keys(vars))
@@ -193,6 +195,9 @@ func TestRegistryPullWithCredentialsThenRun(t *testing.T) {
 	}
 	if !info.Pulled || !strings.HasPrefix(info.Digest, "sha256:") || !strings.HasPrefix(info.Ref, env.host+"/") {
 		t.Fatalf("info = %+v, want a pulled image from %s", info, env.host)
+	}
+	if env.digest != "" && info.Digest != env.digest {
+		t.Errorf("pulled digest %s, the registry has %s", info.Digest, env.digest)
 	}
 	if !imagePresent(t, env.image) {
 		t.Fatal("image not in containerd after the pull")
