@@ -174,7 +174,7 @@ func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 func main() {
-	o, err := parseFlags(os.Args[1:])
+	o, err := parseFlags(os.Args[1:], os.Stderr)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
@@ -190,7 +190,7 @@ func main() {
 	fmt.Println(d.Digest)
 }
 
-func parseFlags(args []string) (*Options, error) {
+func parseFlags(args []string, errOut io.Writer) (*Options, error) {
 	var (
 		o               Options
 		entrypoint, cmd listFlag
@@ -214,6 +214,7 @@ func parseFlags(args []string) (*Options, error) {
 	fs.StringVar(&o.Arch, "arch", runtime.GOARCH, "image architecture")
 	fs.StringVar(&o.OS, "os", "linux", "image OS")
 	fs.Int64Var(&mtime, "mtime", defaultMtime, "modification time of all entries, Unix `SECONDS` (default $SOURCE_DATE_EPOCH or 0)")
+	fs.SetOutput(errOut)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

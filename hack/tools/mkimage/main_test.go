@@ -52,7 +52,7 @@ func TestParseFlags(t *testing.T) {
 		{"bad label", []string{"-label", "nokey"}, nil, nil, nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			o, err := parseFlags(append(append([]string{}, base...), tc.args...))
+			o, err := parseFlags(append(append([]string{}, base...), tc.args...), io.Discard)
 			if tc.wantErr {
 				if err == nil {
 					t.Fatal("no error")
@@ -67,7 +67,7 @@ func TestParseFlags(t *testing.T) {
 			}
 		})
 	}
-	if _, err := parseFlags([]string{"-rootfs", "r"}); err == nil {
+	if _, err := parseFlags([]string{"-rootfs", "r"}, io.Discard); err == nil {
 		t.Error("missing -ref/-out accepted")
 	}
 }
@@ -285,7 +285,7 @@ func TestBuildReadBack(t *testing.T) {
 func TestBuildNoEntrypointDefaults(t *testing.T) {
 	rootfs := makeRootfs(t)
 	out := filepath.Join(t.TempDir(), "img.tar")
-	o, err := parseFlags([]string{"-rootfs", rootfs, "-ref", "localhost/fnlet/x", "-out", out, "-cmd", "sh", "-env", "PATH=/bin"})
+	o, err := parseFlags([]string{"-rootfs", rootfs, "-ref", "localhost/fnlet/x", "-out", out, "-cmd", "sh", "-env", "PATH=/bin"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
