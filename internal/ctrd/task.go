@@ -86,14 +86,8 @@ func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 	ctx = r.ctx(ctx)
 	id := ContainerID(call.UID)
 	if h := r.handle(id); h != nil {
-		return r.state(ctx, h)
-	}
-	if h, err := r.load(ctx, id); err == nil {
 		return r.resume(ctx, h, call)
-	} else if !errdefs.IsNotFound(err) {
-		return State{}, err
 	}
-
 	ref, err := NormalizeImageRef(call.Image)
 	if err != nil {
 		return State{}, errdefs.ErrInvalidArgument.WithMessage(err.Error())
@@ -101,6 +95,10 @@ func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 	ci, ok := r.images.get(ref)
 	if !ok {
 		if ci, err = r.localImage(ctx, ref); err != nil {
+			// A container made before a restart may outlive its image.
+			if h, lerr := r.load(ctx, id); lerr == nil {
+				return r.resume(ctx, h, call)
+			}
 			return State{}, fmt.Errorf("run %s: image not ready: %w", id, err)
 		}
 	}
@@ -115,14 +113,29 @@ func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 		LabelCallNamespace: call.Namespace,
 		LabelCallName:      call.Name,
 	}
-	c, err := r.client.NewContainer(ctx, id,
-		client.WithNewSnapshot(id, ci.img),
-		client.WithNewSpec(specOpts...),
-		client.WithContainerLabels(labels),
-		client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: r.runtime}),
-	)
+	newContainer := func() (client.Container, error) {
+		return r.client.NewContainer(ctx, id,
+			client.WithNewSnapshot(id, ci.img),
+			client.WithNewSpec(specOpts...),
+			client.WithContainerLabels(labels),
+			client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: r.runtime}),
+		)
+	}
+	c, err := newContainer()
 	if errdefs.IsAlreadyExists(err) {
-		// Lost a race with another Run of the same call: attach to it.
+		if _, lerr := r.client.LoadContainer(ctx, id); errdefs.IsNotFound(lerr) {
+			// Only the snapshot exists: a crash between preparing it and
+			// creating the container. Drop it and create again.
+			if rerr := r.client.SnapshotService(r.snapshot).Remove(ctx, id); rerr != nil && !errdefs.IsNotFound(rerr) {
+				return State{}, wrapErr(rerr, "remove stale snapshot %s", id)
+			}
+			c, err = newContainer()
+		}
+	}
+	if errdefs.IsAlreadyExists(err) {
+		// Made by an earlier Run (a retry, a restarted manager): attach to it.
+		// Creating first and loading on conflict saves a round trip on the
+		// common path, where the container is new.
 		h, lerr := r.load(ctx, id)
 		if lerr != nil {
 			return State{}, lerr
