@@ -21,6 +21,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
+
+	"github.com/fnlet/fnlet/internal/testenv"
 )
 
 // Integration tests against a real registry: Debian's docker-registry with
@@ -62,15 +64,15 @@ func registryEnvFile() string {
 	return filepath.Join(run, "registry", "env")
 }
 
-// loadRegistryEnv skips the test, saying why, unless both a containerd and
-// the registry are available.
+// loadRegistryEnv skips the test, saying why (or fails it under make test),
+// unless both a containerd and the registry are available.
 func loadRegistryEnv(t *testing.T) registryEnv {
 	t.Helper()
 	daemonAddress(t)
 	path := registryEnvFile()
 	f, err := os.Open(path)
 	if err != nil {
-		t.Skipf("skipped: no registry env file (%v); start the test registry with hack/registry-up.sh (or set %s)", err, registryEnvFileEnv)
+		testenv.Missing(t, "no registry env file (%v); start the test registry with hack/registry-up.sh (or set %s)", err, registryEnvFileEnv)
 	}
 	defer f.Close()
 	vars := map[string]string{}
@@ -114,7 +116,7 @@ func loadRegistryEnv(t *testing.T) registryEnv {
 	// Fail early and clearly if the env file is stale (registry stopped).
 	conn, err := net.DialTimeout("tcp", e.host, 2*time.Second)
 	if err != nil {
-		t.Skipf("skipped: registry %s from %s is not reachable (%v); restart it with hack/registry-up.sh", e.host, path, err)
+		testenv.Missing(t, "registry %s from %s is not reachable (%v); restart it with hack/registry-up.sh", e.host, path, err)
 	}
 	conn.Close()
 	return e
