@@ -198,7 +198,7 @@ func (r *FunctionCallReconciler) drive(ctx context.Context, fc *fnletv1.Function
 	switch st.Phase {
 	case ctrd.PhaseExited:
 		return r.finish(ctx, fc, st)
-	case ctrd.PhaseRunning, ctrd.PhaseCreated:
+	case ctrd.PhaseRunning:
 		if fc.Status.Phase != fnletv1.PhaseRunning {
 			// Started by an earlier attempt whose status write was lost.
 			if err := r.markRunning(ctx, fc, st); err != nil {
@@ -207,12 +207,19 @@ func (r *FunctionCallReconciler) drive(ctx context.Context, fc *fnletv1.Function
 		}
 		return r.enforceDeadline(ctx, fc)
 	}
-	// No container.
+	// No container, or one whose task never started (a crash between
+	// creating it and starting the task): Run resumes the latter.
 	if fc.Status.Phase == fnletv1.PhaseRunning && !meta.IsStatusConditionTrue(fc.Status.Conditions, conditionRetrying) {
 		return r.runtimeFailure(ctx, fc, errors.New("the container disappeared while the call was running"))
 	}
 	if fc.Spec.Cancel {
 		return ctrl.Result{}, r.fail(ctx, fc, fnletv1.ReasonCancelled, "cancelled before it started", nil)
+	}
+	if c := meta.FindStatusCondition(fc.Status.Conditions, conditionRetrying); c != nil && c.Status == metav1.ConditionTrue {
+		// Our own status write wakes us at once: wait out the backoff.
+		if left := c.LastTransitionTime.Add(retryBackoff(fc.Status.Attempts)).Sub(r.Clock.Now()); left > 0 {
+			return ctrl.Result{RequeueAfter: left}, nil
+		}
 	}
 	return r.start(ctx, fc)
 }
@@ -430,8 +437,13 @@ func (r *FunctionCallReconciler) runtimeFailure(ctx context.Context, fc *fnletv1
 	if err := r.Runtime.Delete(ctx, string(fc.UID)); err != nil {
 		return ctrl.Result{}, fmt.Errorf("clean before retry: %w", err)
 	}
-	backoff := time.Duration(1<<min(fc.Status.Attempts, 6)) * time.Second
-	setCondition(fc, conditionRetrying, metav1.ConditionTrue, string(fnletv1.ReasonRuntimeError), cause.Error())
+	backoff := retryBackoff(fc.Status.Attempts)
+	// The condition's transition time is when this attempt failed: the
+	// backoff counts from it.
+	meta.RemoveStatusCondition(&fc.Status.Conditions, conditionRetrying)
+	meta.SetStatusCondition(&fc.Status.Conditions, metav1.Condition{Type: conditionRetrying, Status: metav1.ConditionTrue,
+		Reason: string(fnletv1.ReasonRuntimeError), Message: cause.Error(), ObservedGeneration: fc.Generation,
+		LastTransitionTime: metav1.NewTime(r.Clock.Now())})
 	if err := r.Client.Status().Update(ctx, fc); err != nil {
 		return ctrl.Result{}, fmt.Errorf("record retry: %w", err)
 	}
@@ -441,6 +453,11 @@ func (r *FunctionCallReconciler) runtimeFailure(ctx context.Context, fc *fnletv1
 
 // conditionRetrying is True between a failed attempt and the next start.
 const conditionRetrying = "Retrying"
+
+// retryBackoff is the wait after the given number of failed attempts.
+func retryBackoff(attempts int32) time.Duration {
+	return time.Duration(1<<min(attempts, 6)) * time.Second
+}
 
 // afterFinish removes a finished call's container (if a crash left it) and
 // applies ttlSecondsAfterFinished.
