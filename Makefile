@@ -91,3 +91,11 @@ demo: ## Local containerd + control plane + manager; apply the samples and print
 	hack/demo.sh
 demo-down: ## Stop what `make demo` started.
 	hack/demo.sh down
+
+##@ E2E
+
+.PHONY: e2e kind-e2e
+e2e: ## Local single-node cluster, fnlet as a DaemonSet (kubectl apply -k), test/e2e through kubectl; FNLET_KEEP_CLUSTER=1 keeps it up.
+	hack/e2e.sh
+kind-e2e: ## The same test/e2e suite on a kind cluster (needs Docker and kind; cannot run on the CI machines).
+	hack/kind-e2e.sh
