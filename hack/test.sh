@@ -61,7 +61,11 @@ pid_alive "$FNLET_RUN/registry/pid" || started+=(registry)
 "$FNLET_ROOT/hack/registry-up.sh" >/dev/null
 
 step "all Go tests on containerd 2.x: unit, runtime, API admission, integration"
-go test -count=1 -timeout 30m ./...
+# test/e2e needs the real cluster: it runs last, through hack/e2e.sh.
+go test -count=1 -timeout 30m $(go list ./... | grep -v /test/e2e)
 
 step "runtime tests on Debian's containerd 1.6 (compatibility)"
 FNLET_CONTAINERD_ADDRESS=$(start_containerd 1.6) go test -count=1 -timeout 15m ./internal/ctrd/...
+
+step "e2e: real single-node cluster, fnlet as a DaemonSet, kubectl like a user"
+"$FNLET_ROOT/hack/e2e.sh"
