@@ -344,7 +344,7 @@ func (r *FunctionCallReconciler) finish(ctx context.Context, fc *fnletv1.Functio
 	if err := r.Runtime.Delete(ctx, string(fc.UID)); err != nil {
 		return ctrl.Result{}, fmt.Errorf("remove container after finish: %w", err)
 	}
-	return r.ttlResult(fc)
+	return r.ttlResult(ctx, fc)
 }
 
 // outcome maps a runtime result to phase, reason and message. What fnlet
@@ -468,10 +468,10 @@ func (r *FunctionCallReconciler) afterFinish(ctx context.Context, fc *fnletv1.Fu
 	if err := r.removeFinalizer(ctx, fc); err != nil {
 		return ctrl.Result{}, err
 	}
-	return r.ttlResult(fc)
+	return r.ttlResult(ctx, fc)
 }
 
-func (r *FunctionCallReconciler) ttlResult(fc *fnletv1.FunctionCall) (ctrl.Result, error) {
+func (r *FunctionCallReconciler) ttlResult(ctx context.Context, fc *fnletv1.FunctionCall) (ctrl.Result, error) {
 	if fc.Spec.TTLSecondsAfterFinished == nil || fc.Status.FinishedAt == nil {
 		return ctrl.Result{}, nil
 	}
@@ -479,7 +479,7 @@ func (r *FunctionCallReconciler) ttlResult(fc *fnletv1.FunctionCall) (ctrl.Resul
 	if left := expiry.Sub(r.Clock.Now()); left > 0 {
 		return ctrl.Result{RequeueAfter: left}, nil
 	}
-	err := r.Client.Delete(context.Background(), fc, client.Preconditions{UID: &fc.UID})
+	err := r.Client.Delete(ctx, fc, client.Preconditions{UID: &fc.UID})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, fmt.Errorf("delete after TTL: %w", err)
 	}

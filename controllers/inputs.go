@@ -110,8 +110,8 @@ func (ir inputResolver) buildCall(ctx context.Context, fc *fnletv1.FunctionCall,
 	for _, ref := range spec.ImagePullSecrets {
 		var s corev1.Secret
 		if err := ir.reader.Get(ctx, types.NamespacedName{Namespace: fc.Namespace, Name: ref.Name}, &s); err != nil {
-			if apierrors.IsNotFound(err) {
-				return ctrd.Call{}, nil, invalidSpec("imagePullSecret %q not found in namespace %s", ref.Name, fc.Namespace)
+			if apierrors.IsNotFound(err) || apierrors.IsForbidden(err) {
+				return ctrd.Call{}, nil, invalidSpec("imagePullSecret %q not found in namespace %s (or not readable by the manager)", ref.Name, fc.Namespace)
 			}
 			return ctrd.Call{}, nil, fmt.Errorf("get imagePullSecret %s: %w", ref.Name, err)
 		}
@@ -176,13 +176,12 @@ func missingRef(err error, kind, ns, name string, optional *bool) error {
 	return fmt.Errorf("get %s %s/%s: %w", kind, ns, name, err)
 }
 
-// commandWarning returns a warning when a command element holds whitespace,
-// the classic `command: ["sh -c echo"]` mistake.
+// commandWarning returns a warning when the executable (command[0]) holds
+// whitespace: the classic `command: ["sh -c echo"]` mistake. Later elements
+// may well contain spaces (`["sh", "-c", "echo hi"]`).
 func commandWarning(fc *fnletv1.FunctionCall) string {
-	for i, c := range fc.Spec.Command {
-		if strings.ContainsAny(c, " \t\n") {
-			return fmt.Sprintf("command[%d] %q contains whitespace: each element is one argv word, the shell does not split it", i, c)
-		}
+	if len(fc.Spec.Command) > 0 && strings.ContainsAny(fc.Spec.Command[0], " \t\n") {
+		return fmt.Sprintf("command[0] %q contains whitespace: each element is one argv word, the shell does not split it", fc.Spec.Command[0])
 	}
 	return ""
 }
