@@ -115,6 +115,11 @@ func TestCallOutcomes(t *testing.T) {
 		if fc.Status.NodeName == "" || fc.Status.StartedAt == nil || fc.Status.FinishedAt == nil || fc.Status.Attempts != 1 {
 			t.Errorf("status %+v", fc.Status)
 		}
+		// Usage comes from the cgroup through containerd: it works from an
+		// unprivileged pod.
+		if fc.Status.Usage == nil || fc.Status.Usage.CPUNanoseconds == 0 {
+			t.Errorf("usage missing: %+v", fc.Status.Usage)
+		}
 		checkFullLog(t, fc, "hello from e2e\n")
 		// The finalizer goes once the container is gone.
 		waitFC(t, "ok", 30*time.Second, "without finalizer", func(fc *fnletv1.FunctionCall) bool { return len(fc.Finalizers) == 0 })
