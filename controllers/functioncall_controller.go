@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -62,6 +63,8 @@ type FunctionCallReconciler struct {
 	KillGrace      time.Duration
 
 	Metrics *Metrics
+
+	finished finishedSet
 }
 
 // +kubebuilder:rbac:groups=fnlet.dev,resources=functioncalls,verbs=get;list;watch;update;patch;delete
@@ -188,8 +191,23 @@ func (r *FunctionCallReconciler) memoryOf(fc *fnletv1.FunctionCall) int64 {
 // drive moves a claimed, unfinished call forward from what the runtime
 // reports — the runtime is the truth, the status may lag behind it.
 func (r *FunctionCallReconciler) drive(ctx context.Context, fc *fnletv1.FunctionCall) (ctrl.Result, error) {
+	if r.finished.has(fc.UID) {
+		// We wrote this call's final status already; the cache has not caught
+		// up. Acting on the stale copy could start a finished call again.
+		return ctrl.Result{}, nil
+	}
 	if err := r.ensureFinalizer(ctx, fc); err != nil {
 		return ctrl.Result{}, err
+	}
+	retrying := meta.IsStatusConditionTrue(fc.Status.Conditions, conditionRetrying)
+	if fc.Status.Phase != fnletv1.PhaseRunning && !retrying {
+		// The cold path: nothing started yet as far as the status knows. Run
+		// is idempotent and resumes a container an earlier attempt left, so
+		// no State round trip first.
+		if fc.Spec.Cancel {
+			return ctrl.Result{}, r.fail(ctx, fc, fnletv1.ReasonCancelled, "cancelled before it started", nil)
+		}
+		return r.start(ctx, fc)
 	}
 	st, err := r.Runtime.State(ctx, string(fc.UID))
 	if err != nil {
@@ -209,7 +227,7 @@ func (r *FunctionCallReconciler) drive(ctx context.Context, fc *fnletv1.Function
 	}
 	// No container, or one whose task never started (a crash between
 	// creating it and starting the task): Run resumes the latter.
-	if fc.Status.Phase == fnletv1.PhaseRunning && !meta.IsStatusConditionTrue(fc.Status.Conditions, conditionRetrying) {
+	if !retrying {
 		return r.runtimeFailure(ctx, fc, errors.New("the container disappeared while the call was running"))
 	}
 	if fc.Spec.Cancel {
@@ -257,6 +275,10 @@ func (r *FunctionCallReconciler) start(ctx context.Context, fc *fnletv1.Function
 			return ctrl.Result{}, r.fail(ctx, fc, fnletv1.ReasonInvalidSpec, err.Error(), nil)
 		}
 		return r.runtimeFailure(ctx, fc, fmt.Errorf("start: %w", err))
+	}
+	if st.Phase == ctrd.PhaseExited {
+		// An earlier attempt's container, which exited meanwhile.
+		return r.finish(ctx, fc, st)
 	}
 	if err := r.markRunning(ctx, fc, st); err != nil {
 		return ctrl.Result{}, err
@@ -397,6 +419,7 @@ func (r *FunctionCallReconciler) complete(ctx context.Context, fc *fnletv1.Funct
 	if err := r.Client.Status().Update(ctx, fc); err != nil {
 		return fmt.Errorf("record %s: %w", phase, err)
 	}
+	r.finished.add(fc.UID)
 	r.Metrics.observeFinish(fc)
 	if phase == fnletv1.PhaseSucceeded {
 		r.event(fc, corev1.EventTypeNormal, string(reason), "Finish", "%s", msg)
@@ -534,4 +557,39 @@ func setCondition(fc *fnletv1.FunctionCall, typ string, status metav1.ConditionS
 	meta.SetStatusCondition(&fc.Status.Conditions, metav1.Condition{
 		Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: fc.Generation,
 	})
+}
+
+// finishedSet remembers the calls this process finished, so a reconcile of a
+// stale cached copy never acts on them again. Bounded: the oldest entries go
+// first; by then the cache has long caught up.
+type finishedSet struct {
+	mu    sync.Mutex
+	set   map[types.UID]struct{}
+	order []types.UID
+}
+
+const finishedSetSize = 10000
+
+func (f *finishedSet) add(uid types.UID) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.set == nil {
+		f.set = map[types.UID]struct{}{}
+	}
+	if _, ok := f.set[uid]; ok {
+		return
+	}
+	f.set[uid] = struct{}{}
+	f.order = append(f.order, uid)
+	if len(f.order) > finishedSetSize {
+		delete(f.set, f.order[0])
+		f.order = f.order[1:]
+	}
+}
+
+func (f *finishedSet) has(uid types.UID) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.set[uid]
+	return ok
 }

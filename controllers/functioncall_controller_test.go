@@ -298,7 +298,7 @@ func TestUnitReconcileClaim(t *testing.T) {
 				"Normal Pulled Pulled " + image,
 				"Normal Started Started container fnlet-uid-a",
 			},
-			wantRuntime: []string{"State uid-a", "EnsureImage " + image + " IfNotPresent", "Run uid-a"},
+			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 		},
 		"spec.nodeName of this node": {
 			objs:        []client.Object{newCall("a").NodeName(testNode).Obj()},
@@ -306,7 +306,7 @@ func TestUnitReconcileClaim(t *testing.T) {
 			wantClaimed: true,
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
 			wantEvents:  []string{"Normal Claimed", "Normal Started"},
-			wantRuntime: []string{"State uid-a", "EnsureImage " + image + " IfNotPresent", "Run uid-a"},
+			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 		},
 		"spec.nodeName of another node": {
 			objs: []client.Object{newCall("a").NodeName(otherNode).Obj()},
@@ -323,7 +323,7 @@ func TestUnitReconcileClaim(t *testing.T) {
 			wantClaimed: true,
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
 			wantEvents:  []string{"Normal Claimed", "Normal Started"},
-			wantRuntime: []string{"State uid-a", "EnsureImage " + image + " IfNotPresent", "Run uid-a"},
+			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 		},
 		"node at MaxCalls: waits for a free slot": {
 			objs:       []client.Object{busy("busy").Obj(), newCall("a").Obj()},
@@ -340,7 +340,7 @@ func TestUnitReconcileClaim(t *testing.T) {
 			wantClaimed: true,
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
 			wantEvents:  []string{"Normal Claimed", "Normal Started"},
-			wantRuntime: []string{"State uid-a", "EnsureImage " + image + " IfNotPresent", "Run uid-a"},
+			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 		},
 		"memory budget exceeded": {
 			objs:       []client.Object{busy("busy").Obj(), newCall("a").Memory("64Mi").Obj()},
@@ -358,7 +358,7 @@ func TestUnitReconcileClaim(t *testing.T) {
 			wantClaimed: true,
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
 			wantEvents:  []string{"Normal Claimed", "Normal Started"},
-			wantRuntime: []string{"State uid-a", "EnsureImage " + image + " IfNotPresent", "Run uid-a"},
+			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 		},
 		"another node won the claim race (conflict)": {
 			objs: []client.Object{newCall("a").Obj()},
@@ -376,7 +376,7 @@ func TestUnitReconcileClaim(t *testing.T) {
 				`Warning SuspiciousCommand command[0] "sh -c" contains whitespace`,
 				"Normal Started",
 			},
-			wantRuntime: []string{"State uid-a", "EnsureImage " + image + " IfNotPresent", "Run uid-a"},
+			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 		},
 	}
 	for name, tc := range cases {
@@ -467,9 +467,9 @@ func TestUnitReconcileStart(t *testing.T) {
 	}
 	var (
 		ensure   = "EnsureImage " + image + " IfNotPresent"
-		pullFail = []string{"State uid-a", ensure, "Delete uid-a"}
-		runFail  = []string{"State uid-a", ensure, "Run uid-a", "Delete uid-a"}
-		noStart  = []string{"State uid-a", "Delete uid-a"}
+		pullFail = []string{ensure, "Delete uid-a"}
+		runFail  = []string{ensure, "Run uid-a", "Delete uid-a"}
+		noStart  = []string{"Delete uid-a"} // a Pending call never needs State first
 	)
 	dockerConfig := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "regcred", Namespace: testNS},
@@ -493,7 +493,7 @@ func TestUnitReconcileStart(t *testing.T) {
 			setup:       func(h *harness) { h.rt.withImages(image) },
 			wantView:    callView{Phase: fnletv1.PhaseRunning, NodeName: testNode, Attempts: 1, Conditions: runningConds, Finalizers: finalizers},
 			wantEvents:  []string{"Normal Started Started container fnlet-uid-a"},
-			wantRuntime: []string{"State uid-a", ensure, "Run uid-a"},
+			wantRuntime: []string{ensure, "Run uid-a"},
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
 		},
 		"adds the finalizer before it starts anything": {
@@ -501,7 +501,7 @@ func TestUnitReconcileStart(t *testing.T) {
 			setup:       func(h *harness) { h.rt.withImages(image) },
 			wantView:    callView{Phase: fnletv1.PhaseRunning, NodeName: testNode, Attempts: 1, Conditions: runningConds, Finalizers: finalizers},
 			wantEvents:  []string{"Normal Started"},
-			wantRuntime: []string{"State uid-a", ensure, "Run uid-a"},
+			wantRuntime: []string{ensure, "Run uid-a"},
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
 		},
 		"imagePullPolicy Always and the pull secrets reach the runtime": {
@@ -511,7 +511,7 @@ func TestUnitReconcileStart(t *testing.T) {
 			wantView: callView{Phase: fnletv1.PhaseRunning, NodeName: testNode, Attempts: 1,
 				Conditions: runningConds, Finalizers: finalizers},
 			wantEvents:  []string{"Normal Pulled Pulled " + image + " (sha256:0123)", "Normal Started"},
-			wantRuntime: []string{"State uid-a", "EnsureImage " + image + " Always", "Run uid-a"},
+			wantRuntime: []string{"EnsureImage " + image + " Always", "Run uid-a"},
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
 			wantRun: func(t *testing.T, _ ctrd.Call, auth ctrd.RegistryAuth) {
 				want := ctrd.RegistryAuth{"registry.example.com": {Username: "u", Password: "p"}}
@@ -549,7 +549,7 @@ func TestUnitReconcileStart(t *testing.T) {
 			wantView:    pullFailed(fnletv1.PullErrorNotFound),
 			wantMessage: []string{"imagePullPolicy is Never"},
 			wantEvents:  []string{"Warning ImagePullFailed"},
-			wantRuntime: []string{"State uid-a", "EnsureImage " + image + " Never", "Delete uid-a"},
+			wantRuntime: []string{"EnsureImage " + image + " Never", "Delete uid-a"},
 		},
 		"runtime rejects the spec (invalid argument)": {
 			call: claimedCall("a").Obj(),
@@ -600,7 +600,7 @@ func TestUnitReconcileStart(t *testing.T) {
 			setup:       func(h *harness) { h.rt.withImages(image) },
 			wantView:    callView{Phase: fnletv1.PhaseRunning, NodeName: testNode, Attempts: 1, Conditions: runningConds, Finalizers: finalizers},
 			wantEvents:  []string{"Normal Started"},
-			wantRuntime: []string{"State uid-a", ensure, "Run uid-a"},
+			wantRuntime: []string{ensure, "Run uid-a"},
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
 			wantRun: func(t *testing.T, call ctrd.Call, _ ctrd.RegistryAuth) {
 				if want := []string{"TOKEN=yours"}; !slices.Equal(call.Env, want) {
@@ -686,7 +686,7 @@ func TestUnitReconcileRetriesRuntimeFailures(t *testing.T) {
 	checkResult(t, h.mustReconcile("a"), ctrl.Result{RequeueAfter: 2 * time.Second})
 	retrying.Attempts = 1
 	checkView(t, h.mustCall("a"), retrying)
-	checkRuntime(t, h.rt.recorded(), []string{"State uid-a", ensure, "Run uid-a", "Delete uid-a"})
+	checkRuntime(t, h.rt.recorded(), []string{ensure, "Run uid-a", "Delete uid-a"})
 	checkEvents(t, h.events(), []string{"Warning Retrying attempt 1 failed (start: create task: shim died); retrying in 2s"})
 	if h.rt.has("uid-a") {
 		t.Error("the failed attempt's container was not removed")
@@ -830,6 +830,9 @@ func TestUnitReconcileFinish(t *testing.T) {
 		wantStdout   string
 		wantStderr   string
 		wantFinished time.Time
+		// Pending calls go straight to Run (which attaches), others read State.
+		wantRuntime []string
+		wantEvents  []string
 	}{
 		"exit 0 with output": {
 			call:         runningCall("a").Obj(),
@@ -913,10 +916,13 @@ func TestUnitReconcileFinish(t *testing.T) {
 		"an exit found while the status still says Pending": {
 			call:         claimedCall("a").Obj(),
 			res:          ctrd.Result{ExitCode: 0, StartedAt: t0.Add(time.Second)},
-			wantView:     callView{Phase: fnletv1.PhaseSucceeded, Reason: fnletv1.ReasonCompleted, ExitCode: ptr.To[int32](0), NodeName: testNode, Conditions: finishedConds(claimedConds, fnletv1.ReasonCompleted), Finalizers: finalizers},
+			wantView:     callView{Phase: fnletv1.PhaseSucceeded, Reason: fnletv1.ReasonCompleted, ExitCode: ptr.To[int32](0), NodeName: testNode, Attempts: 1, Conditions: finishedConds(claimedConds, fnletv1.ReasonCompleted), Finalizers: finalizers},
 			wantMessage:  "exited with code 0",
 			wantEvent:    "Normal Completed",
 			wantFinished: now,
+			// The attempt that made the container counts, though its write was lost.
+			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a", "Delete uid-a"},
+			wantEvents:  []string{"Normal Pulled", "Normal Completed"},
 		},
 	}
 	for name, tc := range cases {
@@ -934,8 +940,15 @@ func TestUnitReconcileFinish(t *testing.T) {
 			got := h.mustCall("a")
 			checkView(t, got, tc.wantView)
 			checkMessage(t, got, tc.wantMessage)
-			checkEvents(t, h.events(), []string{tc.wantEvent})
-			checkRuntime(t, h.rt.recorded(), []string{"State uid-a", "Delete uid-a"})
+			wantEvents, wantRuntime := []string{tc.wantEvent}, []string{"State uid-a", "Delete uid-a"}
+			if tc.wantEvents != nil {
+				wantEvents = tc.wantEvents
+			}
+			if tc.wantRuntime != nil {
+				wantRuntime = tc.wantRuntime
+			}
+			checkEvents(t, h.events(), wantEvents)
+			checkRuntime(t, h.rt.recorded(), wantRuntime)
 			if got.Status.Stdout != tc.wantStdout || got.Status.Stderr != tc.wantStderr {
 				t.Errorf("stdout, stderr = %q, %q; want %q, %q", got.Status.Stdout, got.Status.Stderr, tc.wantStdout, tc.wantStderr)
 			}
@@ -1062,12 +1075,14 @@ func TestUnitReconcileRunning(t *testing.T) {
 			wantPhase:   ctrd.PhaseExited,
 		},
 		"running, but the status write of the start was lost": {
-			call:        claimedCall("a").Obj(),
-			clock:       t0.Add(time.Minute),
-			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout - time.Minute},
-			wantView:    running,
-			wantEvents:  []string{"Normal Started"},
-			wantRuntime: []string{"State uid-a"},
+			call:       claimedCall("a").Obj(),
+			clock:      t0.Add(time.Minute),
+			wantResult: ctrl.Result{RequeueAfter: defaultTimeout - time.Minute},
+			wantView:   running,
+			wantEvents: []string{"Normal Pulled", "Normal Started"},
+			// A Pending call goes straight to Run, which attaches to the running
+			// container: no State round trip, no second container.
+			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 			wantPhase:   ctrd.PhaseRunning,
 		},
 		"container created but its task never started: Run resumes it": {
@@ -1081,7 +1096,7 @@ func TestUnitReconcileRunning(t *testing.T) {
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout - time.Second},
 			wantView:    running,
 			wantEvents:  []string{"Normal Started"},
-			wantRuntime: []string{"State uid-a", "EnsureImage " + image + " IfNotPresent", "Run uid-a"},
+			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 			wantPhase:   ctrd.PhaseRunning,
 		},
 		"container vanished while Running": {
@@ -1347,4 +1362,20 @@ func TestUnitReconcileCallGone(t *testing.T) {
 	h := newHarness(t)
 	checkResult(t, h.mustReconcile("a"), ctrl.Result{})
 	checkRuntime(t, h.rt.recorded(), nil)
+}
+
+func TestUnitFinishedSetIsBounded(t *testing.T) {
+	var f finishedSet
+	for i := 0; i < finishedSetSize+10; i++ {
+		f.add(types.UID(fmt.Sprint(i)))
+	}
+	if f.has("0") || f.has("9") {
+		t.Errorf("oldest entries kept beyond the bound")
+	}
+	if !f.has("10") || !f.has(types.UID(fmt.Sprint(finishedSetSize+9))) {
+		t.Errorf("recent entries lost")
+	}
+	if len(f.set) != finishedSetSize || len(f.order) != finishedSetSize {
+		t.Errorf("size %d/%d, want %d", len(f.set), len(f.order), finishedSetSize)
+	}
 }

@@ -456,7 +456,16 @@ func (r *Runtime) Delete(ctx context.Context, callUID string) error {
 		return err
 	}
 	if task := h.getTask(); task != nil {
-		if _, err := task.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+		var opts []client.ProcessDeleteOpts
+		h.mu.Lock()
+		exited := h.result != nil
+		h.mu.Unlock()
+		if !exited {
+			// Only a live task needs the kill; asking runc to kill an exited
+			// one costs ~10 ms on the hot path.
+			opts = append(opts, client.WithProcessKill)
+		}
+		if _, err := task.Delete(ctx, opts...); err != nil && !errdefs.IsNotFound(err) {
 			return wrapErr(err, "delete task %s", id)
 		}
 	}
