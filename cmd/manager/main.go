@@ -48,7 +48,7 @@ type options struct {
 	logKeep                                                      int
 	allowHostNetwork, allowPrivileged                            bool
 	stdinFIFO                                                    bool
-	metricsAddr, probeAddr                                       string
+	metricsAddr, probeAddr, pprofAddr                            string
 }
 
 func main() {
@@ -80,6 +80,7 @@ func main() {
 	flag.BoolVar(&o.stdinFIFO, "stdin-fifo", false, "Feed input through a FIFO instead of a regular file (fallback).")
 	flag.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "Prometheus metrics address (0 disables).")
 	flag.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Health probe address.")
+	flag.StringVar(&o.pprofAddr, "pprof-bind-address", "", "Serve net/http/pprof here (empty disables), for profiling under load.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -171,6 +172,7 @@ func run(ctx context.Context, o options) error {
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
 		HealthProbeBindAddress: o.probeAddr,
+		PprofBindAddress:       o.pprofAddr,
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			&fnletv1.FunctionCall{}: {Field: mine},
 		}},
