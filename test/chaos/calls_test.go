@@ -1,0 +1,402 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/internal/ctrd"
+	utiltesting "github.com/fnlet/fnlet/internal/testing"
+)
+
+func call(name, ns, node string) *utiltesting.FunctionCallWrapper {
+	return utiltesting.MakeFunctionCall(name, ns).Image(testImage).ImagePullPolicy(corev1.PullNever).NodeName(node)
+}
+
+// create submits a call, retrying while the apiserver is briefly away.
+func create(t *testing.T, fc *fnletv1.FunctionCall) *fnletv1.FunctionCall {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		err := env.k8s.Create(context.Background(), fc)
+		if err == nil {
+			return fc
+		}
+		if apierrors.IsAlreadyExists(err) || time.Now().After(deadline) {
+			t.Fatalf("create %s: %v", fc.Name, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// outcome is what a call's final status must say.
+type outcome struct {
+	phase  fnletv1.CallPhase
+	reason fnletv1.CallReason
+	exit   *int32 // nil: not checked
+	stdout *string
+	stderr *string
+	// log is the exact content of the full stdout file on the node.
+	log *string
+	// message must contain this, when set.
+	message string
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// check compares a final status with the expected outcome; logDir is the
+// manager's --log-dir ("" skips the full-log check).
+func (o outcome) check(fc *fnletv1.FunctionCall, logDir string) []string {
+	var bad []string
+	st := fc.Status
+	if st.Phase != o.phase || st.Reason != o.reason {
+		bad = append(bad, fmt.Sprintf("phase/reason %s/%s (%q), want %s/%s", st.Phase, st.Reason, st.Message, o.phase, o.reason))
+	}
+	if o.exit != nil && (st.ExitCode == nil || *st.ExitCode != *o.exit) {
+		got := "none"
+		if st.ExitCode != nil {
+			got = fmt.Sprint(*st.ExitCode)
+		}
+		bad = append(bad, fmt.Sprintf("exit code %s, want %d", got, *o.exit))
+	}
+	if o.stdout != nil && st.Stdout != *o.stdout {
+		bad = append(bad, fmt.Sprintf("status stdout %q, want %q", clip(st.Stdout), clip(*o.stdout)))
+	}
+	if o.stderr != nil && st.Stderr != *o.stderr {
+		bad = append(bad, fmt.Sprintf("status stderr %q, want %q", clip(st.Stderr), clip(*o.stderr)))
+	}
+	if o.message != "" && !strings.Contains(st.Message, o.message) {
+		bad = append(bad, fmt.Sprintf("message %q does not say %q", st.Message, o.message))
+	}
+	if o.log != nil && logDir != "" {
+		b, err := os.ReadFile(filepath.Join(logDir, ctrd.ContainerID(string(fc.UID)), "stdout"))
+		switch {
+		case err != nil:
+			bad = append(bad, fmt.Sprintf("full log: %v", err))
+		case string(b) != *o.log:
+			bad = append(bad, fmt.Sprintf("full log %q, want %q (exactly once)", clip(string(b)), clip(*o.log)))
+		}
+	}
+	if len(bad) > 0 {
+		return []string{fmt.Sprintf("%s/%s: %s", fc.Namespace, fc.Name, strings.Join(bad, "; "))}
+	}
+	return nil
+}
+
+func clip(s string) string {
+	if len(s) > 200 {
+		return s[:100] + "..." + s[len(s)-100:]
+	}
+	return s
+}
+
+// observer watches every call of a namespace (re-listing after any break,
+// e.g. an apiserver outage) and records the first final status of each
+// call and every later change of it: a call ends exactly once.
+type observer struct {
+	ns string
+
+	mu        sync.Mutex
+	latest    map[string]*fnletv1.FunctionCall
+	final     map[string]*fnletv1.FunctionCall
+	firstSeen map[string]time.Time // when the final status was first seen
+	rewritten map[string][]string
+	gone      map[string]bool
+	relists   int
+}
+
+func observe(t *testing.T, ns string) *observer {
+	o := &observer{ns: ns, latest: map[string]*fnletv1.FunctionCall{}, final: map[string]*fnletv1.FunctionCall{},
+		firstSeen: map[string]time.Time{}, rewritten: map[string][]string{}, gone: map[string]bool{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); o.run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return o
+}
+
+func (o *observer) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		var list fnletv1.FunctionCallList
+		if err := env.k8s.List(ctx, &list, client.InNamespace(o.ns)); err != nil {
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		o.mu.Lock()
+		o.relists++
+		present := map[string]bool{}
+		for i := range list.Items {
+			present[list.Items[i].Name] = true
+		}
+		for name := range o.latest {
+			if !present[name] {
+				o.gone[name] = true
+			}
+		}
+		o.mu.Unlock()
+		for i := range list.Items {
+			o.record(&list.Items[i])
+		}
+		w, err := env.k8s.Watch(ctx, &fnletv1.FunctionCallList{}, client.InNamespace(o.ns),
+			&client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: list.ResourceVersion}})
+		if err != nil {
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+	events:
+		for {
+			select {
+			case <-ctx.Done():
+				break events
+			case ev, ok := <-w.ResultChan():
+				if !ok {
+					break events
+				}
+				fc, isCall := ev.Object.(*fnletv1.FunctionCall)
+				switch {
+				case ev.Type == watch.Error || !isCall:
+					break events
+				case ev.Type == watch.Deleted:
+					o.record(fc)
+					o.mu.Lock()
+					o.gone[fc.Name] = true
+					o.mu.Unlock()
+				case ev.Type == watch.Added || ev.Type == watch.Modified:
+					o.record(fc)
+				}
+			}
+		}
+		w.Stop()
+	}
+}
+
+func (o *observer) record(fc *fnletv1.FunctionCall) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.latest[fc.Name] = fc.DeepCopy()
+	if !fc.IsFinished() {
+		if f := o.final[fc.Name]; f != nil && f.UID == fc.UID {
+			o.rewritten[fc.Name] = append(o.rewritten[fc.Name], fmt.Sprintf("final %s/%s went back to phase %q", f.Status.Phase, f.Status.Reason, fc.Status.Phase))
+		}
+		return
+	}
+	f := o.final[fc.Name]
+	if f == nil || f.UID != fc.UID {
+		o.final[fc.Name] = fc.DeepCopy()
+		o.firstSeen[fc.Name] = time.Now()
+		return
+	}
+	if d := outcomeDiff(f, fc); d != "" {
+		o.rewritten[fc.Name] = append(o.rewritten[fc.Name], d)
+	}
+}
+
+// outcomeDiff says how a later final status differs from the first one.
+func outcomeDiff(a, b *fnletv1.FunctionCall) string {
+	x, y := a.Status, b.Status
+	ec := func(p *int32) string {
+		if p == nil {
+			return "-"
+		}
+		return fmt.Sprint(*p)
+	}
+	if x.Phase != y.Phase || x.Reason != y.Reason || ec(x.ExitCode) != ec(y.ExitCode) || x.Stdout != y.Stdout ||
+		x.Stderr != y.Stderr || x.Message != y.Message || !x.FinishedAt.Equal(y.FinishedAt) {
+		return fmt.Sprintf("final status rewritten: %s/%s exit %s %q → %s/%s exit %s %q",
+			x.Phase, x.Reason, ec(x.ExitCode), clip(x.Stdout), y.Phase, y.Reason, ec(y.ExitCode), clip(y.Stdout))
+	}
+	return ""
+}
+
+func (o *observer) get(name string) (latest, final *fnletv1.FunctionCall, gone bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.latest[name], o.final[name], o.gone[name]
+}
+
+func (o *observer) finishedAt(name string) time.Time {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.firstSeen[name]
+}
+
+// rewrites lists every call whose final status changed after it was set.
+func (o *observer) rewrites() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []string
+	for name, r := range o.rewritten {
+		out = append(out, fmt.Sprintf("%s: %s", name, strings.Join(r, "; ")))
+	}
+	sort.Strings(out)
+	return out
+}
+
+// waitFinal waits until every named call has a final status (or is gone,
+// when goneOK) and returns those that never got one.
+func (o *observer) waitFinal(names []string, timeout time.Duration, goneOK func(string) bool) []string {
+	deadline := time.Now().Add(timeout)
+	for {
+		var missing []string
+		o.mu.Lock()
+		for _, n := range names {
+			if o.final[n] != nil {
+				continue
+			}
+			if o.gone[n] && goneOK != nil && goneOK(n) {
+				continue
+			}
+			missing = append(missing, n)
+		}
+		o.mu.Unlock()
+		if len(missing) == 0 || time.Now().After(deadline) {
+			return missing
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// describeMissing explains calls that never finished, for the failure log.
+func (o *observer) describeMissing(names []string) []string {
+	var out []string
+	for _, n := range names {
+		l, _, gone := o.get(n)
+		switch {
+		case l == nil:
+			out = append(out, n+": never seen")
+		case gone:
+			out = append(out, fmt.Sprintf("%s: deleted while %s", n, l.Status.Phase))
+		default:
+			out = append(out, fmt.Sprintf("%s: phase %q reason %q msg %q attempts %d conds %v", n, l.Status.Phase, l.Status.Reason, l.Status.Message, l.Status.Attempts, condSummary(l)))
+		}
+	}
+	return out
+}
+
+func condSummary(fc *fnletv1.FunctionCall) string {
+	var parts []string
+	for _, c := range fc.Status.Conditions {
+		parts = append(parts, fmt.Sprintf("%s=%s(%s)", c.Type, c.Status, c.Reason))
+	}
+	return strings.Join(parts, ",")
+}
+
+// waitReleased waits until the calls have no finalizer (the manager removed
+// their containers) or are gone, and returns those still held.
+func waitReleased(ns string, names []string, timeout time.Duration) []string {
+	deadline := time.Now().Add(timeout)
+	for {
+		var held []string
+		var list fnletv1.FunctionCallList
+		if err := env.k8s.List(context.Background(), &list, client.InNamespace(ns)); err == nil {
+			want := map[string]bool{}
+			for _, n := range names {
+				want[n] = true
+			}
+			for _, fc := range list.Items {
+				if want[fc.Name] && len(fc.Finalizers) > 0 {
+					held = append(held, fc.Name)
+				}
+			}
+			if len(held) == 0 {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return held
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// deleteAndWait deletes calls and waits until they are gone.
+func deleteAndWait(t *testing.T, ns string, timeout time.Duration) {
+	t.Helper()
+	ctx := context.Background()
+	if err := env.k8s.DeleteAllOf(ctx, &fnletv1.FunctionCall{}, client.InNamespace(ns)); err != nil {
+		t.Errorf("delete calls of %s: %v", ns, err)
+		return
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		var list fnletv1.FunctionCallList
+		err := env.k8s.List(ctx, &list, client.InNamespace(ns))
+		if err == nil && len(list.Items) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%d calls of %s still there %s after delete (err %v)", len(list.Items), ns, timeout, err)
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func uidsOf(o *observer, names []string) []string {
+	var out []string
+	for _, n := range names {
+		if l, _, _ := o.get(n); l != nil {
+			out = append(out, string(l.UID))
+		}
+	}
+	return out
+}
+
+// duplicates counts calls whose container containerd started more than
+// once, and lists them.
+func duplicates(o *observer, names []string) (int, []string) {
+	n := 0
+	var out []string
+	for _, name := range names {
+		l, _, _ := o.get(name)
+		if l == nil {
+			continue
+		}
+		if r := env.starts.runs(string(l.UID)); r > 1 {
+			n += r - 1
+			out = append(out, fmt.Sprintf("%s started %d times", name, r))
+		}
+	}
+	return n, out
+}
+
+// startCount is how many of the calls containerd started at all.
+func startCount(o *observer, names []string) int {
+	n := 0
+	for _, name := range names {
+		if l, _, _ := o.get(name); l != nil && env.starts.runs(string(l.UID)) > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+func key(ns, name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }
+
+func logList(t *testing.T, what string, items []string) {
+	t.Helper()
+	if len(items) == 0 {
+		return
+	}
+	const show = 30
+	total, more := len(items), ""
+	if len(items) > show {
+		more = fmt.Sprintf("\n  ... and %d more", len(items)-show)
+		items = items[:show]
+	}
+	t.Errorf("%s (%d):\n  %s%s", what, total, strings.Join(items, "\n  "), more)
+}

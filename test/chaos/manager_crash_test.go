@@ -1,0 +1,97 @@
+package chaos
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+)
+
+// mixedCall submits a call of the given length and exit code whose stdout
+// and stderr are unique to it, and returns what its status must say.
+func mixedCall(t *testing.T, ns, node, name string, sleep time.Duration, exit int32, extra ...string) outcome {
+	t.Helper()
+	token := fmt.Sprintf("%s-%s-%08x", ns, name, rand.Uint32())
+	args := append([]string{"-stdout-text", "out " + token, "-stderr-text", "err " + token,
+		"-sleep", sleep.String(), "-exit", fmt.Sprint(exit)}, extra...)
+	create(t, call(name, ns, node).Args(args...).Obj())
+	stdout, stderr := "out "+token+"\n", "err "+token+"\n"
+	o := outcome{phase: fnletv1.PhaseSucceeded, reason: fnletv1.ReasonCompleted, exit: ptr(exit),
+		stdout: &stdout, stderr: &stderr, log: &stdout}
+	if exit != 0 {
+		o.phase, o.reason = fnletv1.PhaseFailed, fnletv1.ReasonError
+	}
+	return o
+}
+
+var mixedExits = []int32{0, 0, 0, 1, 3, 42}
+
+// TestManagerCrashes: 100 calls of 0.1-5 s with mixed exit codes while the
+// manager is SIGKILLed at random moments (at least 5 times) and restarted.
+// Every call must end exactly once: one container start in containerd's
+// events, one final status that never changes, the right phase, reason,
+// exit code, stdout/stderr tail and full log.
+func TestManagerCrashes(t *testing.T) {
+	requireChaos(t)
+	r := newRow(t, "1 manager SIGKILL+restart (100 calls)")
+	const n = 100
+	node := "chaos-crash"
+	m := startManager(t, node, "--max-calls", "12", "--default-timeout", "3m")
+	ns := newNamespace(t, "crash")
+	o := observe(t, ns)
+
+	names := make([]string, n)
+	want := map[string]outcome{}
+	for i := range names {
+		names[i] = fmt.Sprintf("c%03d", i)
+		want[names[i]] = mixedCall(t, ns, node, names[i], randDur(100*time.Millisecond, 5*time.Second), mixedExits[rand.IntN(len(mixedExits))])
+	}
+	r.Calls = n
+
+	// SIGKILL at random moments, at least 5 times and on while calls run.
+	start := time.Now()
+	var at []string
+	for r.Faults < 5 || (len(o.waitFinal(names, 0, nil)) > 0 && r.Faults < 10) {
+		time.Sleep(randDur(500*time.Millisecond, 2500*time.Millisecond))
+		left := len(o.waitFinal(names, 0, nil))
+		m.kill9()
+		r.Faults++
+		at = append(at, fmt.Sprintf("%.1fs (%d unfinished)", time.Since(start).Seconds(), left))
+		time.Sleep(randDur(0, time.Second))
+		m.start()
+	}
+	r.notef("SIGKILLs at %s", strings.Join(at, ", "))
+
+	missing := o.waitFinal(names, 3*time.Minute, nil)
+	r.Lost = len(missing)
+	logList(t, "calls that never finished", o.describeMissing(missing))
+	r.notef("all calls final %.1fs after the first was submitted", time.Since(start).Seconds())
+
+	var bad []string
+	for _, name := range names {
+		if _, f, _ := o.get(name); f != nil {
+			bad = append(bad, want[name].check(f, m.logDir)...)
+		}
+	}
+	rw := o.rewrites()
+	r.Bad = len(bad) + len(rw)
+	logList(t, "wrong statuses", bad)
+	logList(t, "final statuses rewritten", rw)
+
+	var dups []string
+	r.Dups, dups = duplicates(o, names)
+	logList(t, "calls run more than once (containerd /tasks/start)", dups)
+	if started := startCount(o, names); started != n-len(missing) {
+		t.Errorf("containerd saw %d of %d calls start", started, n)
+	}
+
+	if held := waitReleased(ns, names, time.Minute); len(held) > 0 {
+		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
+	}
+	lk := leaks(t, uidsOf(o, names), m.logDir)
+	r.Leak = len(lk)
+	logList(t, "leaked", lk)
+}
