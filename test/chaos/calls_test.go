@@ -385,7 +385,9 @@ func startCount(o *observer, names []string) int {
 	return n
 }
 
-func key(ns, name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }
+func key(ns, name string) types.NamespacedName {
+	return types.NamespacedName{Namespace: ns, Name: name}
+}
 
 func logList(t *testing.T, what string, items []string) {
 	t.Helper()

@@ -499,14 +499,14 @@ func lastLine(s string) string {
 
 // row is one line of the table make chaos prints.
 type row struct {
-	Fault                               string
+	Fault                                string
 	Faults, Calls, Lost, Dups, Leak, Bad int
-	Failed                              bool
-	Duration                            time.Duration
-	started                             time.Time
-	name                                string
-	mu                                  sync.Mutex
-	extra                               []string
+	Failed                               bool
+	Duration                             time.Duration
+	started                              time.Time
+	name                                 string
+	mu                                   sync.Mutex
+	extra                                []string
 }
 
 var report struct {
