@@ -16,6 +16,9 @@
 # Prints the time of each step. Logs: $FNLET_LOGS (the go test output in
 # e2e-go-test.log).
 #
+# `hack/e2e.sh --deploy-only` stops after step 4's rollout and leaves the
+# cluster up: that is how `make demo` deploys fnlet.
+#
 # Environment: FNLET_KEEP_CLUSTER=1 keeps a cluster this script started up;
 # E2E_RUN=<regexp> is passed to go test -run; FNLET_E2E_LATENCY_RUNS (20).
 set -euo pipefail
@@ -152,6 +155,10 @@ main() {
 	cluster
 	images
 	deploy
+	if [ "${1:-}" = --deploy-only ]; then
+		brought_up=false # a deployment is meant to stay
+		return
+	fi
 	suite
 }
 
