@@ -3,7 +3,7 @@
 # started keeps its PID, socket, root and state under FNLET_RUN / FNLET_STATE.
 
 FNLET_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-FNLET_CACHE=${FNLET_CACHE:-$HOME/.cache/fnlet}
+FNLET_CACHE=${FNLET_CACHE:-${HOME:-/root}/.cache/fnlet}
 FNLET_STATE=${FNLET_STATE:-/var/lib/fnlet-dev}
 FNLET_RUN=${FNLET_RUN:-/run/fnlet-dev}
 FNLET_LOGS=${FNLET_LOGS:-$FNLET_STATE/logs}
