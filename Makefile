@@ -99,3 +99,9 @@ e2e: ## Local single-node cluster, fnlet as a DaemonSet (kubectl apply -k), test
 	hack/e2e.sh
 kind-e2e: ## The same test/e2e suite on a kind cluster (needs Docker and kind; cannot run on the CI machines).
 	hack/kind-e2e.sh
+
+##@ Bench
+
+.PHONY: bench
+bench: ## fnlet vs ctrd vs raw containerd vs ctr (and a plain Pod if the cluster is up), one interleaved run; table + bench-results/*.json.
+	hack/bench.sh

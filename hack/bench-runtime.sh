@@ -11,7 +11,8 @@
 #                         FNLET_CONTAINERD_ADDRESS to a socket
 #   BENCH_NAMESPACE=fnlet-bench  containerd namespace (the test images are
 #                         imported into it)
-# Extra arguments go to the program (test/bench/runtime), e.g.
+# Extra arguments go to the program (test/bench, which hack/bench.sh runs
+# with the fnlet and pod ways too), e.g.
 #   hack/bench-runtime.sh -cpuprofile /tmp/cpu.pprof
 #   hack/bench-runtime.sh -- -stdout-text hi     (args for /testfn)
 set -euo pipefail
@@ -34,7 +35,7 @@ fi
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-go build -o "$tmp/runtime-bench" ./test/bench/runtime
+go build -o "$tmp/runtime-bench" ./test/bench
 
 "$tmp/runtime-bench" -address "$addr" -namespace "$ns" \
 	-n "${BENCH_N:-30}" -runtime "${BENCH_RUNTIME:-runc}" \

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# `make bench`: fnlet's cold path measured side by side with what it is
+# built on, in one run (test/bench, all ways interleaved round-robin):
+#
+#   fnlet  client create of a FunctionCall → status Succeeded seen on a watch,
+#          through a manager process built from ./cmd/manager (this working
+#          tree) that this run starts on its own node name and stops again;
+#   ctrd   internal/ctrd directly; raw: the containerd Go client alone;
+#   ctr    `ctr run --rm`; pod: a plain Pod on the real node, when the
+#          cluster of hack/cluster-up.sh is up (BENCH_POD=1 starts it).
+#
+# Then fnlet alone at concurrency 8 (latency) and in closed loops at 8 and
+# 32 (throughput), the manager's peak RSS and CPU, apiserver writes per
+# call, a CPU profile of the manager (if it has --pprof-bind-address), and
+# after deleting the calls, the leftovers in containerd (must be 0).
+# Prints a table; JSON (and the profile) go to bench-results/ (git-ignored).
+#
+# Starts what is missing (containerd 2, images, control plane, CRD) and
+# stops what it started. Bounded: BENCH_TIMEOUT for the program (default
+# 40m); each call 60 s at most.
+#
+#   BENCH_N=100           sequential calls per way, and calls at concurrency 8
+#   BENCH_POD_N=10        pods (spread over the sequential rounds)
+#   BENCH_POD=            unset: pods if the cluster is up; 1: start the
+#                         cluster if needed (and stop it after); 0: no pods
+#   BENCH_DURATION=60s    each throughput run
+#   BENCH_THROUGHPUT=8,32 throughput concurrencies ("" for none)
+#   BENCH_PROFILE_SECONDS=20  manager CPU profile (0: none)
+#   BENCH_RUNTIME=runc    OCI runtime: runc or crun (crun fails cleanly where
+#                         the host's cgroups do not suit Debian's crun)
+#   BENCH_NODE=bench-$(hostname)  the manager's node name; not the real
+#                         node's, so a DaemonSet manager there claims nothing
+# Extra arguments go to the program (go run ./test/bench -h), e.g.
+#   hack/bench.sh -cpuprofile /tmp/bench-client.pprof
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
+. "$(dirname "$0")/k8s-lib.sh"
+cd "$FNLET_ROOT"
+export FNLET_CONTAINERD=2 FNLET_CACHE
+
+BENCH_RUN=$FNLET_RUN/bench
+NS=${BENCH_NAMESPACE:-fnlet-bench}
+# The ctrd/raw/ctr ways get their own namespace: the manager's orphan
+# collector removes fnlet-labelled containers of its namespace that have no
+# FunctionCall, which the ctrd way's containers are.
+DIRECT_NS=$NS-direct
+NODE=${BENCH_NODE:-bench-$(hostname)}
+mkdir -p "$BENCH_RUN" "$FNLET_LOGS" bench-results
+exec 8>"$BENCH_RUN/lock"
+flock -n 8 || die "another hack/bench.sh is running"
+
+started=()
+tmp=$(mktemp -d)
+# shellcheck disable=SC2317 # the EXIT trap
+cleanup() {
+	local rc=$? s
+	rm -rf "$tmp"
+	for ((i = ${#started[@]} - 1; i >= 0; i--)); do
+		s=${started[i]}
+		case $s in
+		cluster)
+			log "stopping the cluster this run started"
+			hack/cluster-down.sh || log "warning: cluster-down.sh failed"
+			;;
+		control-plane)
+			if cluster_running; then
+				log "leaving the control plane up: a cluster now runs on it"
+			else
+				log "stopping the control plane this run started"
+				hack/control-plane-down.sh || log "warning: control-plane-down.sh failed"
+			fi
+			;;
+		containerd)
+			# Others may have started using the daemon meanwhile.
+			local busy=""
+			for n in $(ctr_cmd namespaces ls -q 2>/dev/null); do
+				case $n in "$NS" | "$DIRECT_NS") continue ;; esac
+				[ -n "$(CTRD_NS=$n ctr_cmd containers ls -q 2>/dev/null)" ] && busy="$busy $n"
+			done
+			if [ -n "$busy" ]; then
+				log "leaving containerd up: namespaces$busy have containers"
+			else
+				log "stopping the containerd this run started"
+				hack/containerd-down.sh || log "warning: containerd-down.sh failed"
+			fi
+			;;
+		esac
+	done
+	exit "$rc"
+}
+trap cleanup EXIT
+
+hack/install-deps.sh
+pid_alive "$CTRD_PID" || started+=(containerd)
+SOCK=$(hack/containerd-up.sh)
+for n in "$NS" "$DIRECT_NS"; do
+	IMPORT_NAMESPACE=$n hack/build-images.sh >/dev/null
+done
+
+if ! our_pid "$CP_RUN/kube-apiserver.pid" "$K8S_BIN/kube-apiserver" || ! our_pid "$CP_RUN/etcd.pid" "$ETCD_BIN/etcd"; then
+	started+=(control-plane)
+fi
+KUBECONFIG=$(hack/control-plane-up.sh | tail -1)
+export KUBECONFIG
+kubectl_admin apply -f config/crd/bases >/dev/null
+kubectl_admin wait --for condition=established --timeout=60s crd/functioncalls.fnlet.dev >/dev/null
+
+# node_ready: the real node of hack/cluster-up.sh is Ready.
+node_ready() {
+	[ "$(kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+}
+modes=fnlet,ctrd,raw,ctr
+pod_args=()
+if [ "${BENCH_POD:-}" = 1 ] && ! { cluster_running && node_ready; }; then
+	cluster_running || started+=(cluster)
+	eval "$(hack/cluster-up.sh)"
+fi
+if [ "${BENCH_POD:-}" != 0 ] && cluster_running && node_ready; then
+	IMPORT_ADDRESS=$CLUSTER_CTRD_SOCK IMPORT_NAMESPACE=k8s.io hack/build-images.sh >/dev/null
+	modes=$modes,pod
+	pod_args=(-pod-node "$NODE_NAME" -pod-n "${BENCH_POD_N:-10}")
+elif [ "${BENCH_POD:-}" = 0 ]; then
+	pod_args=(-pod-skipped "pod: skipped (BENCH_POD=0)")
+else
+	pod_args=(-pod-skipped "pod: skipped (no cluster; run hack/cluster-up.sh, or BENCH_POD=1)")
+fi
+
+log "building the manager (from this working tree) and the benchmark"
+go build -o "$tmp/manager" ./cmd/manager
+go build -o "$tmp/fnlet-bench" ./test/bench
+
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+profile=$FNLET_ROOT/bench-results/manager-cpu-$stamp.pprof
+rc=0
+"$tmp/fnlet-bench" -address "$SOCK" -namespace "$DIRECT_NS" -modes "$modes" \
+	-kubeconfig "$KUBECONFIG" -node "$NODE" -manager "$tmp/manager" -manager-namespace "$NS" \
+	-manager-log "$FNLET_LOGS/bench-manager.log" -containerd-state "$CTRD_DIR/state" -max-calls 64 \
+	-n "${BENCH_N:-100}" -runtime "${BENCH_RUNTIME:-runc}" -duration "${BENCH_DURATION:-60s}" \
+	-throughput "${BENCH_THROUGHPUT-8,32}" -profile-seconds "${BENCH_PROFILE_SECONDS:-20}" -profile-out "$profile" \
+	-timeout "${BENCH_TIMEOUT:-40m}" -out "$FNLET_ROOT/bench-results" "${pod_args[@]}" "$@" || rc=$?
+if [ "$rc" -ne 0 ]; then
+	if [ "${BENCH_RUNTIME:-runc}" != runc ]; then
+		log "runtime ${BENCH_RUNTIME}: no measurement on this host (failed cleanly, see above)"
+	fi
+	exit "$rc"
+fi
+if [ -s "$profile" ]; then
+	echo
+	echo "manager CPU profile, top by cumulative time (go tool pprof -top -cum $profile):"
+	go tool pprof -top -cum -nodecount=30 "$tmp/manager" "$profile" 2>/dev/null | sed -n '1,40p'
+	cp "$tmp/manager" "${profile%.pprof}.manager"
+	echo "(binary kept as ${profile%.pprof}.manager for go tool pprof)"
+fi

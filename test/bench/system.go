@@ -1,0 +1,762 @@
+package main
+
+// The system-level ways (fnlet, pod) and the phases only they have:
+// concurrency, throughput, profile, writes per call, cleanup and leftovers.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+)
+
+const (
+	runLabel = "bench.fnlet.dev/run"
+	// finalizer is the manager's (controllers.Finalizer); not imported, so
+	// the benchmark sees the system only through the API.
+	finalizer = "fnlet.dev/container"
+)
+
+// system is what the fnlet and pod ways share: the apiserver client, the
+// watches, the manager process and the metric snapshots.
+type system struct {
+	cfg   *config
+	runID string
+	out   string
+
+	kc      client.WithWatch
+	rest    *rest.Config
+	httpc   *http.Client
+	mgr     *managerProc
+	fcs     *tracker
+	pods    *tracker
+	stopW   context.CancelFunc
+	wDone   sync.WaitGroup
+	created atomic.Int64 // FunctionCalls created
+
+	mu    sync.Mutex
+	marks map[string]snapshot
+}
+
+// snapshot is the state of the counters at one point of the run.
+type snapshot struct {
+	At        time.Time
+	Proc      procStats
+	MgrMetric promSet
+	APIMetric promSet
+	Created   int64
+}
+
+func newSystem(ctx context.Context, cfg *config, runID, out string) (*system, error) {
+	rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", cfg.Kubeconfig, err)
+	}
+	rc.QPS, rc.Burst = -1, 0 // no client-side throttling: measure the server
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := fnletv1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	kc, err := client.NewWithWatch(rc, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, err
+	}
+	httpc, err := rest.HTTPClientFor(rc)
+	if err != nil {
+		return nil, err
+	}
+	s := &system{cfg: cfg, runID: runID, out: out, kc: kc, rest: rc, httpc: httpc, marks: map[string]snapshot{}}
+	ok := false
+	defer func() {
+		if !ok {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			_ = s.close(cctx, &result{})
+		}
+	}()
+	if err := s.ensureNamespace(ctx); err != nil {
+		return nil, err
+	}
+	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopW = stop
+	sel := map[string]string{runLabel: runID}
+	var ready []chan struct{}
+	if cfg.has("fnlet") {
+		s.fcs = newTracker(kc, cfg.KubeNamespace, sel, func() client.ObjectList { return &fnletv1.FunctionCallList{} },
+			observeCall, callWriteKind)
+		ch := make(chan struct{})
+		ready = append(ready, ch)
+		s.wDone.Go(func() { s.fcs.run(wctx, ch) })
+	}
+	if cfg.has("pod") {
+		if err := s.waitServiceAccount(ctx); err != nil {
+			return nil, err
+		}
+		s.pods = newTracker(kc, cfg.KubeNamespace, sel, func() client.ObjectList { return &corev1.PodList{} },
+			observePod, nil)
+		ch := make(chan struct{})
+		ready = append(ready, ch)
+		s.wDone.Go(func() { s.pods.run(wctx, ch) })
+	}
+	for _, ch := range ready {
+		select {
+		case <-ch:
+		case <-time.After(30 * time.Second):
+			return nil, errors.New("could not open a watch on the apiserver within 30s")
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if cfg.has("fnlet") {
+		if s.mgr, err = startManager(ctx, cfg, out); err != nil {
+			return nil, err
+		}
+		fmt.Printf("manager: pid %d, node %s, containerd namespace %s, log-dir %s, metrics %s, pprof %s, log %s\n",
+			s.mgr.cmd.Process.Pid, cfg.Node, cfg.ManagerNamespace, s.mgr.logDir, s.mgr.metricsAddr, orNone(s.mgr.pprofAddr), s.mgr.logPath)
+	}
+	ok = true
+	return s, nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func (s *system) ensureNamespace(ctx context.Context) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: s.cfg.KubeNamespace}}
+	err := s.kc.Create(ctx, ns)
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s: %w", s.cfg.KubeNamespace, err)
+	}
+	return nil
+}
+
+// waitServiceAccount waits for the namespace's default ServiceAccount,
+// without which the apiserver refuses Pods (a new namespace gets it from
+// the controller manager within a second or so).
+func (s *system) waitServiceAccount(ctx context.Context) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var sa corev1.ServiceAccount
+		err := s.kc.Get(ctx, types.NamespacedName{Namespace: s.cfg.KubeNamespace, Name: "default"}, &sa)
+		if err == nil {
+			return nil
+		}
+		if !apierrors.IsNotFound(err) || time.Now().After(deadline) {
+			return fmt.Errorf("service account %s/default (the pod way needs it): %w", s.cfg.KubeNamespace, err)
+		}
+		sleepCtx(ctx, 200*time.Millisecond)
+	}
+}
+
+// mark records the counters under a name; phases are differences of marks.
+func (s *system) mark(name string) {
+	snap := snapshot{At: time.Now(), Created: s.created.Load()}
+	if s.mgr != nil {
+		snap.Proc, _ = readProc(s.mgr.cmd.Process.Pid)
+		snap.MgrMetric, _ = scrape(s.mgr.metricsURL(), http.DefaultClient)
+	}
+	snap.APIMetric, _ = scrape(strings.TrimSuffix(s.rest.Host, "/")+"/metrics", s.httpc)
+	s.mu.Lock()
+	s.marks[name] = snap
+	s.mu.Unlock()
+}
+
+func (s *system) snap(name string) (snapshot, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, ok := s.marks[name]
+	return m, ok
+}
+
+// ---- the fnlet way ----
+
+type fnletWay struct{ sys *system }
+
+func (w *fnletWay) name() string { return "fnlet" }
+func (w *fnletWay) close()       {}
+
+func (w *fnletWay) call(ctx context.Context, id string) (sample, error) {
+	s := w.sys
+	name := "fc-" + id
+	wt := s.fcs.register(name)
+	defer s.fcs.unregister(name)
+	fc := &fnletv1.FunctionCall{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.cfg.KubeNamespace, Labels: map[string]string{runLabel: s.runID}},
+		Spec: fnletv1.FunctionCallSpec{Image: s.cfg.Image, ImagePullPolicy: corev1.PullNever, NodeName: s.cfg.Node,
+			Args: s.cfg.Args},
+	}
+	t := newTimer()
+	if err := s.kc.Create(ctx, fc); err != nil {
+		return sample{}, fmt.Errorf("create %s: %w", name, err)
+	}
+	s.created.Add(1)
+	t.lap("create")
+	if err := await(ctx, wt, "FunctionCall "+name+" Succeeded"); err != nil {
+		return sample{}, err
+	}
+	seen := s.fcs.seenAt(wt)
+	// Each mark is the watch event of one of the manager's writes.
+	for _, m := range []string{"claimed", "finalizer", "running", "succeeded"} {
+		if at, ok := seen[m]; ok {
+			t.lapAt(m, at)
+		} else {
+			t.lapAt(m, t.last) // not seen separately: a zero-length phase
+		}
+	}
+	return t.sample(), nil
+}
+
+func observeCall(o client.Object) ([]string, bool, error) {
+	fc, ok := o.(*fnletv1.FunctionCall)
+	if !ok {
+		return nil, false, nil
+	}
+	var marks []string
+	if fc.Status.NodeName != "" {
+		marks = append(marks, "claimed")
+	}
+	if slices.Contains(fc.Finalizers, finalizer) {
+		marks = append(marks, "finalizer")
+	}
+	switch fc.Status.Phase {
+	case fnletv1.PhaseRunning:
+		marks = append(marks, "running")
+	case fnletv1.PhaseSucceeded:
+		marks = append(marks, "succeeded")
+		return marks, true, nil
+	case fnletv1.PhaseFailed:
+		return marks, false, fmt.Errorf("FunctionCall %s failed: %s: %s", fc.Name, fc.Status.Reason, fc.Status.Message)
+	}
+	return marks, false, nil
+}
+
+// callWriteKind names the manager's write that turned before into after.
+func callWriteKind(before, after client.Object) string {
+	b, ok1 := before.(*fnletv1.FunctionCall)
+	a, ok2 := after.(*fnletv1.FunctionCall)
+	if !ok1 || !ok2 {
+		return "other"
+	}
+	bf, af := slices.Contains(b.Finalizers, finalizer), slices.Contains(a.Finalizers, finalizer)
+	switch {
+	case !a.DeletionTimestamp.IsZero() && b.DeletionTimestamp.IsZero():
+		return "delete (deletionTimestamp)"
+	case b.Status.NodeName == "" && a.Status.NodeName != "":
+		return "status: claim (Pending)"
+	case !bf && af:
+		return "finalizer add (patch)"
+	case bf && !af:
+		return "finalizer remove (patch)"
+	case b.Status.Phase != a.Status.Phase && a.Status.Phase == fnletv1.PhaseRunning:
+		return "status: Running"
+	case b.Status.Phase != a.Status.Phase && a.IsFinished():
+		return "status: final (" + string(a.Status.Phase) + ")"
+	}
+	return "status: other"
+}
+
+// ---- the pod way ----
+
+type podWay struct{ sys *system }
+
+func (w *podWay) name() string { return "pod" }
+func (w *podWay) close()       {}
+
+func (w *podWay) call(ctx context.Context, id string) (sample, error) {
+	s := w.sys
+	name := "pod-" + id
+	wt := s.pods.register(name)
+	defer s.pods.unregister(name)
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.cfg.KubeNamespace, Labels: map[string]string{runLabel: s.runID}},
+		Spec: corev1.PodSpec{
+			RestartPolicy: corev1.RestartPolicyNever,
+			// Through the scheduler, as users run pods; no token volume (the
+			// FunctionCall gets none either), which only helps the Pod.
+			NodeSelector:                  map[string]string{corev1.LabelHostname: s.cfg.PodNode},
+			AutomountServiceAccountToken:  ptr.To(false),
+			TerminationGracePeriodSeconds: ptr.To[int64](0),
+			Containers: []corev1.Container{{Name: "fn", Image: s.cfg.Image, ImagePullPolicy: corev1.PullNever,
+				Args: s.cfg.Args}},
+		},
+	}
+	t := newTimer()
+	if err := s.kc.Create(ctx, pod); err != nil {
+		return sample{}, fmt.Errorf("create pod %s: %w", name, err)
+	}
+	t.lap("create")
+	if err := await(ctx, wt, "Pod "+name+" Succeeded"); err != nil {
+		return sample{}, err
+	}
+	seen := s.pods.seenAt(wt)
+	for _, m := range []string{"scheduled", "succeeded"} {
+		if at, ok := seen[m]; ok {
+			t.lapAt(m, at)
+		} else {
+			t.lapAt(m, t.last)
+		}
+	}
+	return t.sample(), nil
+}
+
+func observePod(o client.Object) ([]string, bool, error) {
+	p, ok := o.(*corev1.Pod)
+	if !ok {
+		return nil, false, nil
+	}
+	var marks []string
+	if p.Spec.NodeName != "" {
+		marks = append(marks, "scheduled")
+	}
+	switch p.Status.Phase {
+	case corev1.PodSucceeded:
+		return append(marks, "succeeded"), true, nil
+	case corev1.PodFailed:
+		msg := p.Status.Message
+		for _, cs := range p.Status.ContainerStatuses {
+			if t := cs.State.Terminated; t != nil {
+				msg += fmt.Sprintf(" (container %s: %s, exit %d: %s)", cs.Name, t.Reason, t.ExitCode, t.Message)
+			}
+		}
+		return marks, false, fmt.Errorf("pod %s failed: %s", p.Name, msg)
+	}
+	return marks, false, nil
+}
+
+// ---- concurrency, throughput, profile ----
+
+// loadRun is calls of one way from several concurrent clients.
+type loadRun struct {
+	Way         string          `json:"way"`
+	Name        string          `json:"name"`
+	Concurrency int             `json:"concurrency"`
+	Calls       int             `json:"calls"`  // completed (within the window for throughput)
+	Errors      int             `json:"errors"` // failed calls
+	FirstError  string          `json:"firstError,omitempty"`
+	Late        int             `json:"late,omitempty"` // throughput: finished after the window
+	WallNs      time.Duration   `json:"wallNs"`
+	Rate        float64         `json:"callsPerSecond"`
+	Stats       stats           `json:"stats"`
+	Latencies   []time.Duration `json:"latenciesNs"`
+	Phases      []phase         `json:"phaseMeans"`
+	CPUSeconds  float64         `json:"managerCpuSeconds"`
+}
+
+// load runs calls of w from c clients until n calls were started (n > 0)
+// or, for n == 0, until the window d ends (calls ending later do not count).
+func (s *system) load(ctx context.Context, w way, name string, c, n int, d time.Duration) *loadRun {
+	lr := &loadRun{Way: w.name(), Name: name, Concurrency: c}
+	var mu sync.Mutex
+	var next atomic.Int64
+	var ok []sample
+	start := time.Now()
+	end := start.Add(d)
+	before, _ := readProc(s.mgr.cmd.Process.Pid)
+	var wg sync.WaitGroup
+	for range c {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := next.Add(1)
+				if n > 0 && i > int64(n) || n == 0 && time.Now().After(end) {
+					return
+				}
+				smp, err := oneCall(ctx, w, fmt.Sprintf("%s-%s-%d", s.runID, name, i))
+				fin := time.Now()
+				mu.Lock()
+				switch {
+				case err != nil:
+					lr.Errors++
+					if lr.FirstError == "" {
+						lr.FirstError = err.Error()
+					}
+				case n == 0 && fin.After(end):
+					lr.Late++
+				default:
+					lr.Calls++
+					lr.Latencies = append(lr.Latencies, smp.Total)
+					ok = append(ok, smp)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	lr.WallNs = time.Since(start)
+	window := lr.WallNs
+	if n == 0 {
+		window = d
+	}
+	lr.Rate = float64(lr.Calls) / window.Seconds()
+	if len(lr.Latencies) > 0 {
+		lr.Stats = statsOf(lr.Latencies)
+		lr.Phases = phaseMeans(ok)
+	}
+	if after, err := readProc(s.mgr.cmd.Process.Pid); err == nil {
+		lr.CPUSeconds = after.CPUSeconds - before.CPUSeconds
+	}
+	return lr
+}
+
+// phaseMeans averages the phases of samples that share the first's shape.
+func phaseMeans(ss []sample) []phase {
+	if len(ss) == 0 {
+		return nil
+	}
+	out := make([]phase, len(ss[0].Phases))
+	for i, p := range ss[0].Phases {
+		var sum time.Duration
+		n := 0
+		for _, s := range ss {
+			if i < len(s.Phases) && s.Phases[i].Name == p.Name {
+				sum += s.Phases[i].D
+				n++
+			}
+		}
+		out[i] = phase{Name: p.Name, D: sum / time.Duration(max(n, 1))}
+	}
+	return out
+}
+
+// loadPhases runs everything after the sequential rounds that needs only
+// the fnlet way.
+func (s *system) loadPhases(ctx context.Context, res *result, raw way) error {
+	cfg := s.cfg
+	if cfg.ProfileSeconds > 0 {
+		if s.mgr.pprofAddr == "" {
+			res.note("no CPU profile of the manager: its binary has no --pprof-bind-address flag")
+		} else if err := s.profile(ctx, res); err != nil {
+			res.note("CPU profile of the manager failed: %v", err)
+		}
+	}
+	fmt.Fprintf(os.Stderr, "fnlet: %d calls at concurrency %d\n", cfg.ConcurrencyN, cfg.Concurrency)
+	s.mark("concurrency")
+	fw := &fnletWay{sys: s}
+	res.Conc = s.load(ctx, fw, fmt.Sprintf("c%d", cfg.Concurrency), cfg.Concurrency, cfg.ConcurrencyN, 0)
+	for _, c := range cfg.Throughput {
+		// The baseline first (raw, when measured): what this machine's
+		// containerd sustains at the same concurrency, right now.
+		ws := []way{fw}
+		if raw != nil {
+			ws = []way{raw, fw}
+		}
+		for _, w := range ws {
+			if ctx.Err() != nil {
+				break
+			}
+			fmt.Fprintf(os.Stderr, "%s: throughput at concurrency %d for %s\n", w.name(), c, cfg.Duration)
+			res.Throughput = append(res.Throughput, s.load(ctx, w, fmt.Sprintf("t%d", c), c, 0, cfg.Duration))
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("load phases: %w", err)
+	}
+	// Let the last calls' trailing writes (the finalizer removal) arrive.
+	sleepCtx(ctx, 2*time.Second)
+	s.mark("load-end")
+	res.Manager = s.managerStats(ctx)
+	res.Writes = s.writeStats(ctx)
+	return nil
+}
+
+// profile runs sequential fnlet calls while the manager's CPU profiler runs.
+func (s *system) profile(ctx context.Context, res *result) error {
+	secs := s.cfg.ProfileSeconds
+	path := s.cfg.ProfileOut
+	if path == "" {
+		path = filepath.Join(s.out, fmt.Sprintf("manager-cpu-%s.pprof", res.Time.Format("20060102T150405Z")))
+	}
+	fmt.Fprintf(os.Stderr, "fnlet: sequential calls for %ds under the manager's CPU profiler\n", secs)
+	errc := make(chan error, 1)
+	go func() {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet,
+			fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", s.mgr.pprofAddr, secs), nil)
+		if err != nil {
+			errc <- err
+			return
+		}
+		resp, err := (&http.Client{Timeout: time.Duration(secs+30) * time.Second}).Do(req)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+			errc <- fmt.Errorf("pprof: %s: %s", resp.Status, b)
+			return
+		}
+		f, err := os.Create(path)
+		if err != nil {
+			errc <- err
+			return
+		}
+		_, err = io.Copy(f, resp.Body)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		errc <- err
+	}()
+	w := &fnletWay{sys: s}
+	end := time.Now().Add(time.Duration(secs) * time.Second)
+	for i := 0; time.Now().Before(end) && ctx.Err() == nil; i++ {
+		if _, err := oneCall(ctx, w, fmt.Sprintf("%s-p%d", s.runID, i)); err != nil {
+			return err
+		}
+	}
+	if err := <-errc; err != nil {
+		return err
+	}
+	res.Profile = path
+	return nil
+}
+
+// ---- what the manager cost, and what it wrote ----
+
+type managerStats struct {
+	Pid           int     `json:"pid"`
+	PeakRSSMiB    float64 `json:"peakRssMiB"` // VmHWM
+	RSSMiB        float64 `json:"rssMiB"`     // VmRSS at the end of the load
+	CPUSeconds    float64 `json:"cpuSeconds"` // over its life
+	Calls         int64   `json:"calls"`      // FunctionCalls created
+	CachedCalls   int     `json:"cachedCalls"`
+	SeqCPUMsCall  float64 `json:"sequentialCpuMsPerCall"`
+	LoadCPUMsCall float64 `json:"loadCpuMsPerCall"`
+}
+
+func (s *system) managerStats(ctx context.Context) *managerStats {
+	end, _ := s.snap("load-end")
+	ms := &managerStats{Pid: s.mgr.cmd.Process.Pid, PeakRSSMiB: end.Proc.HWMKiB / 1024, RSSMiB: end.Proc.RSSKiB / 1024,
+		CPUSeconds: end.Proc.CPUSeconds, Calls: end.Created}
+	var list fnletv1.FunctionCallList
+	if err := s.kc.List(ctx, &list, client.InNamespace(s.cfg.KubeNamespace), client.MatchingLabels{runLabel: s.runID}); err == nil {
+		ms.CachedCalls = len(list.Items) // all bound to the manager's node: all in its cache
+	}
+	perCall := func(a, b snapshot) float64 {
+		if n := b.Created - a.Created; n > 0 {
+			return (b.Proc.CPUSeconds - a.Proc.CPUSeconds) * 1000 / float64(n)
+		}
+		return 0
+	}
+	if a, ok := s.snap("sequential"); ok {
+		if b, ok := s.snap("sequential-end"); ok {
+			ms.SeqCPUMsCall = perCall(a, b)
+		}
+	}
+	if a, ok := s.snap("concurrency"); ok {
+		ms.LoadCPUMsCall = perCall(a, end)
+	}
+	return ms
+}
+
+type writeStats struct {
+	Calls        int                `json:"calls"`   // FunctionCalls seen on the watch
+	PerCall      map[string]float64 `json:"perCall"` // watch events by the write that made them, per call
+	WritesCall   float64            `json:"writesPerCall"`
+	EventsCall   map[string]float64 `json:"eventsPerCall"` // Event objects about the calls, by reason
+	Apiserver    []metricRow        `json:"apiserver"`     // over the sequential rounds
+	Manager      []metricRow        `json:"manager"`       // over the sequential rounds
+	SeqFnletCall int                `json:"sequentialFnletCalls"`
+}
+
+type metricRow struct {
+	What    string  `json:"what"`
+	PerCall float64 `json:"perCall"`
+	MeanMs  float64 `json:"meanMs,omitempty"`
+}
+
+func (s *system) writeStats(ctx context.Context) *writeStats {
+	ws := &writeStats{PerCall: map[string]float64{}, EventsCall: map[string]float64{}}
+	counts, objects := s.fcs.counts()
+	ws.Calls = objects
+	if objects == 0 {
+		return ws
+	}
+	for k, v := range counts {
+		ws.PerCall[k] = float64(v) / float64(objects)
+		ws.WritesCall += float64(v) / float64(objects)
+	}
+	var evs corev1.EventList
+	if err := s.kc.List(ctx, &evs, client.InNamespace(s.cfg.KubeNamespace)); err == nil {
+		prefix := "fc-" + s.runID + "-"
+		for _, e := range evs.Items {
+			if e.InvolvedObject.Kind == "FunctionCall" && strings.HasPrefix(e.InvolvedObject.Name, prefix) {
+				// A repeated event is one object with a count (patched, not created).
+				ws.EventsCall[e.Reason] += 1 / float64(objects)
+			}
+		}
+	}
+	a, ok1 := s.snap("sequential")
+	b, ok2 := s.snap("sequential-end")
+	if !ok1 || !ok2 {
+		return ws
+	}
+	n := int(b.Created - a.Created)
+	ws.SeqFnletCall = n
+	if n == 0 {
+		return ws
+	}
+	ws.Apiserver = apiserverRows(a.APIMetric, b.APIMetric, n)
+	ws.Manager = managerRows(a.MgrMetric, b.MgrMetric, n)
+	return ws
+}
+
+// apiserverRows: requests on functioncalls and events over the sequential
+// rounds, per fnlet call, with the apiserver's mean latency.
+func apiserverRows(a, b promSet, n int) []metricRow {
+	var rows []metricRow
+	type key struct{ res, sub, verb string }
+	seen := map[key]bool{}
+	for _, smp := range b {
+		if smp.Name != "apiserver_request_duration_seconds_count" {
+			continue
+		}
+		k := key{smp.Labels["resource"], smp.Labels["subresource"], smp.Labels["verb"]}
+		if (k.res != "functioncalls" && k.res != "events") || seen[k] || k.verb == "WATCH" {
+			continue
+		}
+		seen[k] = true
+		f := map[string]string{"resource": k.res, "subresource": k.sub, "verb": k.verb}
+		cnt := b.sum("apiserver_request_duration_seconds_count", f) - a.sum("apiserver_request_duration_seconds_count", f)
+		sum := b.sum("apiserver_request_duration_seconds_sum", f) - a.sum("apiserver_request_duration_seconds_sum", f)
+		if cnt <= 0 {
+			continue
+		}
+		what := k.verb + " " + k.res
+		if k.sub != "" {
+			what += "/" + k.sub
+		}
+		rows = append(rows, metricRow{What: what, PerCall: cnt / float64(n), MeanMs: sum / cnt * 1000})
+	}
+	slices.SortFunc(rows, func(x, y metricRow) int { return strings.Compare(x.What, y.What) })
+	return rows
+}
+
+// managerRows: the manager's reconciles, queue waits and API requests over
+// the sequential rounds, per fnlet call.
+func managerRows(a, b promSet, n int) []metricRow {
+	d := func(name string, f map[string]string) float64 { return b.sum(name, f) - a.sum(name, f) }
+	fc := map[string]string{"controller": "functioncall"}
+	q := map[string]string{"name": "functioncall"}
+	var rows []metricRow
+	add := func(what, count, sum string, f map[string]string) {
+		c := d(count, f)
+		r := metricRow{What: what, PerCall: c / float64(n)}
+		if sum != "" && c > 0 {
+			r.MeanMs = d(sum, f) / c * 1000
+		}
+		if c > 0 {
+			rows = append(rows, r)
+		}
+	}
+	add("reconciles (reconcile time)", "controller_runtime_reconcile_time_seconds_count", "controller_runtime_reconcile_time_seconds_sum", fc)
+	add("queue waits (enqueue to reconcile)", "workqueue_queue_duration_seconds_count", "workqueue_queue_duration_seconds_sum", q)
+	add("reconcile errors", "controller_runtime_reconcile_errors_total", "", fc)
+	for _, r := range []string{"success", "error", "requeue", "requeue_after"} {
+		add("  reconcile result "+r, "controller_runtime_reconcile_total", "", map[string]string{"controller": "functioncall", "result": r})
+	}
+	for _, verb := range []string{"GET", "LIST", "POST", "PUT", "PATCH", "DELETE"} {
+		f := map[string]string{"verb": verb}
+		add("API "+verb+" (client-side latency)", "rest_client_request_duration_seconds_count", "rest_client_request_duration_seconds_sum", f)
+	}
+	if !slices.ContainsFunc(rows, func(r metricRow) bool { return strings.HasPrefix(r.What, "API ") }) {
+		for _, m := range []string{"GET", "LIST", "POST", "PUT", "PATCH", "DELETE"} {
+			add("API "+m+" requests", "rest_client_requests_total", "", map[string]string{"method": m})
+		}
+	}
+	return rows
+}
+
+// ---- cleanup ----
+
+// close deletes what the run created (in bulk), waits for the manager to
+// clean up, counts leftovers and stops the manager. Idempotent.
+func (s *system) close(ctx context.Context, res *result) error {
+	var errs []error
+	sel := client.MatchingLabels{runLabel: s.runID}
+	ns := client.InNamespace(s.cfg.KubeNamespace)
+	if s.fcs != nil || s.mgr != nil {
+		if err := s.kc.DeleteAllOf(ctx, &fnletv1.FunctionCall{}, ns, sel); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete FunctionCalls: %w", err))
+		} else if err := s.waitGone(ctx, &fnletv1.FunctionCallList{}, 2*time.Minute); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.pods != nil {
+		if err := s.kc.DeleteAllOf(ctx, &corev1.Pod{}, ns, sel, client.GracePeriodSeconds(0)); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete pods: %w", err))
+		} else if err := s.waitGone(ctx, &corev1.PodList{}, time.Minute); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.stopW != nil {
+		s.stopW()
+		s.wDone.Wait()
+		s.stopW = nil
+	}
+	if s.mgr != nil {
+		// The manager removes containers after the final status; give it a
+		// bounded time to finish before counting what is left.
+		waitNoContainers(ctx, *s.cfg, s.cfg.ManagerNamespace, time.Minute)
+		lo := countLeftovers(ctx, *s.cfg, s.cfg.ManagerNamespace, s.mgr.logDir, "")
+		res.Leftovers = append(res.Leftovers, lo)
+		if err := s.mgr.stop(); err != nil {
+			errs = append(errs, err)
+		}
+		if s.mgr.tmpLogDir {
+			os.RemoveAll(s.mgr.logDir)
+		}
+		s.mgr = nil
+	}
+	return errors.Join(errs...)
+}
+
+func (s *system) waitGone(ctx context.Context, list client.ObjectList, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := s.kc.List(ctx, list, client.InNamespace(s.cfg.KubeNamespace), client.MatchingLabels{runLabel: s.runID})
+		if err == nil {
+			items := meta.LenList(list)
+			if items == 0 {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%d objects of this run still there %s after the delete", items, d)
+			}
+		} else if time.Now().After(deadline) {
+			return err
+		}
+		sleepCtx(ctx, 500*time.Millisecond)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
