@@ -10,8 +10,10 @@ import (
 	"syscall"
 	"time"
 
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 )
@@ -113,8 +115,17 @@ func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 		LabelCallNamespace: call.Namespace,
 		LabelCallName:      call.Name,
 	}
+	// The call's own lease, named after its container, instead of the random
+	// one NewContainer would make and drop (same RPC count): a manager killed
+	// in between left that one behind for 24 h. Delete removes this one with
+	// the container (a crash before the container exists leaves it to its
+	// expiry only if the call then never runs: a retried Run reuses it).
+	if _, err := r.client.LeasesService().Create(ctx, leases.WithID(id), leases.WithExpiration(24*time.Hour)); err != nil && !errdefs.IsAlreadyExists(err) {
+		return State{}, wrapErr(err, "create lease %s", id)
+	}
+	lctx := leases.WithLease(ctx, id)
 	newContainer := func() (client.Container, error) {
-		return r.client.NewContainer(ctx, id,
+		return r.client.NewContainer(lctx, id,
 			client.WithNewSnapshot(id, ci.img),
 			client.WithNewSpec(specOpts...),
 			client.WithContainerLabels(labels),
@@ -145,6 +156,7 @@ func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 	if err != nil {
 		// The image may have been removed behind our cache's back.
 		r.images.forget(ref)
+		_ = r.deleteLease(ctx, id)
 		return State{}, wrapErr(err, "create container %s", id)
 	}
 	h := r.putHandle(&callHandle{id: id, ref: refFromLabels(labels), container: c, limit: r.limitFor(call), exited: make(chan struct{})})
@@ -455,6 +467,7 @@ func (r *Runtime) Delete(ctx context.Context, callUID string) error {
 	if err != nil {
 		return err
 	}
+	taskGone := true
 	if task := h.getTask(); task != nil {
 		var opts []client.ProcessDeleteOpts
 		h.mu.Lock()
@@ -465,9 +478,27 @@ func (r *Runtime) Delete(ctx context.Context, callUID string) error {
 			// one costs ~10 ms on the hot path.
 			opts = append(opts, client.WithProcessKill)
 		}
-		if _, err := task.Delete(ctx, opts...); err != nil && !errdefs.IsNotFound(err) {
+		_, err := task.Delete(ctx, opts...)
+		if err != nil && !errdefs.IsNotFound(err) {
 			return wrapErr(err, "delete task %s", id)
 		}
+		taskGone = err != nil
+	}
+	if taskGone {
+		// A Delete cut short (containerd cancels it when the manager dies
+		// mid-RPC) can leave the shim running after it deleted its task: the
+		// task then reads as not found, and only a Delete through the tasks
+		// service, which needs the container, stops that shim. Once the
+		// container is gone the shim leaks for good.
+		_, err := r.client.TaskService().Delete(ctx, &tasksapi.DeleteTaskRequest{ContainerID: id})
+		if err = native(err); err != nil && !errdefs.IsNotFound(err) {
+			return wrapErr(err, "delete stale task %s", id)
+		}
+	}
+	// The lease before the container (which holds its snapshot by itself):
+	// a crash in between leaves the container, which the next Delete finds.
+	if err := r.deleteLease(ctx, id); err != nil {
+		return err
 	}
 	if err := h.container.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		return wrapErr(err, "delete container %s", id)
@@ -476,6 +507,14 @@ func (r *Runtime) Delete(ctx context.Context, callUID string) error {
 	r.dropHandle(id)
 	if err := os.Remove(filepath.Join(r.callDir(id), stdinFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove input of %s: %w", id, err)
+	}
+	return nil
+}
+
+// deleteLease removes the call's lease (see Run), if any.
+func (r *Runtime) deleteLease(ctx context.Context, id string) error {
+	if err := r.client.LeasesService().Delete(ctx, leases.Lease{ID: id}); err != nil && !errdefs.IsNotFound(err) {
+		return wrapErr(err, "delete lease %s", id)
 	}
 	return nil
 }
