@@ -26,6 +26,10 @@
 #   BENCH_DURATION=60s    each throughput run
 #   BENCH_THROUGHPUT=8,32 throughput concurrencies ("" for none)
 #   BENCH_PROFILE_SECONDS=20  manager CPU profile (0: none)
+#   BENCH_CACHE_CALLS=10000  then fill the manager's cache up to this many
+#                         finished calls (written directly) and report its
+#                         RSS (0: skip)
+#   BENCH_MANAGER_ARGS=   extra manager flags for ablations ("--workers 32")
 #   BENCH_RUNTIME=runc    OCI runtime: runc or crun (crun fails cleanly where
 #                         the host's cgroups do not suit Debian's crun)
 #   BENCH_NODE=bench-$(hostname)  the manager's node name; not the real
@@ -129,14 +133,20 @@ log "building the manager (from this working tree) and the benchmark"
 go build -o "$tmp/manager" ./cmd/manager
 go build -o "$tmp/fnlet-bench" ./test/bench
 
+# CPU accounting of the shared daemons during the load runs.
+procs="containerd=$(cat "$CTRD_PID")"
+our_pid "$CP_RUN/kube-apiserver.pid" "$K8S_BIN/kube-apiserver" && procs="$procs,kube-apiserver=$(cat "$CP_RUN/kube-apiserver.pid")"
+our_pid "$CP_RUN/etcd.pid" "$ETCD_BIN/etcd" && procs="$procs,etcd=$(cat "$CP_RUN/etcd.pid")"
+
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 profile=$FNLET_ROOT/bench-results/manager-cpu-$stamp.pprof
 rc=0
 "$tmp/fnlet-bench" -address "$SOCK" -namespace "$DIRECT_NS" -modes "$modes" \
 	-kubeconfig "$KUBECONFIG" -node "$NODE" -manager "$tmp/manager" -manager-namespace "$NS" \
-	-manager-log "$FNLET_LOGS/bench-manager.log" -containerd-state "$CTRD_DIR/state" -max-calls 64 \
+	-manager-log "$FNLET_LOGS/bench-manager.log" -containerd-state "$CTRD_DIR/state" -max-calls 64 -procs "$procs" \
 	-n "${BENCH_N:-100}" -runtime "${BENCH_RUNTIME:-runc}" -duration "${BENCH_DURATION:-60s}" \
 	-throughput "${BENCH_THROUGHPUT-8,32}" -profile-seconds "${BENCH_PROFILE_SECONDS:-20}" -profile-out "$profile" \
+	-cache-calls "${BENCH_CACHE_CALLS:-10000}" -manager-args "${BENCH_MANAGER_ARGS:-}" \
 	-timeout "${BENCH_TIMEOUT:-40m}" -out "$FNLET_ROOT/bench-results" "${pod_args[@]}" "$@" || rc=$?
 if [ "$rc" -ne 0 ]; then
 	if [ "${BENCH_RUNTIME:-runc}" != runc ]; then
@@ -144,10 +154,13 @@ if [ "$rc" -ne 0 ]; then
 	fi
 	exit "$rc"
 fi
-if [ -s "$profile" ]; then
+for p in "$profile" "${profile%.pprof}"-c*.pprof; do
+	[ -s "$p" ] || continue
 	echo
-	echo "manager CPU profile, top by cumulative time (go tool pprof -top -cum $profile):"
-	go tool pprof -top -cum -nodecount=30 "$tmp/manager" "$profile" 2>/dev/null | sed -n '1,40p'
+	echo "manager CPU profile, top 20 by own time (go tool pprof -top $p):"
+	go tool pprof -top -nodecount=20 "$tmp/manager" "$p" 2>/dev/null | sed -n "5,27p"
+done
+if [ -s "$profile" ]; then
 	cp "$tmp/manager" "${profile%.pprof}.manager"
-	echo "(binary kept as ${profile%.pprof}.manager for go tool pprof)"
+	echo "(the manager binary is kept as ${profile%.pprof}.manager for go tool pprof)"
 fi

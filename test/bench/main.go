@@ -59,21 +59,24 @@ type config struct {
 	Modes      []string `json:"modes"`
 
 	// The fnlet way.
-	Kubeconfig       string        `json:"-"`
-	KubeNamespace    string        `json:"kubeNamespace"`
-	Node             string        `json:"node"`
-	Manager          string        `json:"manager"`
-	ManagerNamespace string        `json:"managerNamespace"` // containerd namespace of the manager
-	ManagerLogDir    string        `json:"managerLogDir"`
-	ManagerLog       string        `json:"managerLog"`
-	MaxCalls         int           `json:"maxCalls"`
-	ContainerdState  string        `json:"containerdState"`
-	Concurrency      int           `json:"concurrency"`
-	ConcurrencyN     int           `json:"concurrencyN"`
-	Throughput       []int         `json:"throughput"`
-	Duration         time.Duration `json:"durationNs"`
-	ProfileSeconds   int           `json:"profileSeconds"`
-	ProfileOut       string        `json:"profileOut"`
+	Kubeconfig       string         `json:"-"`
+	KubeNamespace    string         `json:"kubeNamespace"`
+	Node             string         `json:"node"`
+	Manager          string         `json:"manager"`
+	ManagerNamespace string         `json:"managerNamespace"` // containerd namespace of the manager
+	ManagerLogDir    string         `json:"managerLogDir"`
+	ManagerLog       string         `json:"managerLog"`
+	MaxCalls         int            `json:"maxCalls"`
+	ContainerdState  string         `json:"containerdState"`
+	Concurrency      int            `json:"concurrency"`
+	ConcurrencyN     int            `json:"concurrencyN"`
+	Throughput       []int          `json:"throughput"`
+	Duration         time.Duration  `json:"durationNs"`
+	ProfileSeconds   int            `json:"profileSeconds"`
+	ProfileOut       string         `json:"profileOut"`
+	ManagerArgs      []string       `json:"managerArgs,omitempty"`
+	CacheCalls       int            `json:"cacheCalls,omitempty"`
+	Procs            map[string]int `json:"procs,omitempty"` // name -> pid, for CPU accounting
 	// The pod way.
 	PodN    int    `json:"podN"`
 	PodNode string `json:"podNode"`
@@ -160,11 +163,24 @@ func main() {
 	flag.DurationVar(&cfg.Duration, "duration", durationEnv("BENCH_DURATION", 60*time.Second), "length of each throughput run (default $BENCH_DURATION or 60s)")
 	flag.IntVar(&cfg.ProfileSeconds, "profile-seconds", 20, "seconds of sequential fnlet calls under the manager's CPU profiler (needs --pprof-bind-address in the manager; 0: none)")
 	flag.StringVar(&cfg.ProfileOut, "profile-out", "", "where to write the manager's CPU profile (default: in the results dir)")
+	var managerArgs, procs string
+	flag.StringVar(&procs, "procs", "", "other processes whose CPU time is reported per load run: name=pid,... (e.g. kube-apiserver, etcd, containerd)")
+	flag.StringVar(&managerArgs, "manager-args", "", "extra manager flags, space-separated (ablations, e.g. \"--workers 32\")")
+	flag.IntVar(&cfg.CacheCalls, "cache-calls", 0, "after the load runs, bring the manager's cache up to this many finished calls and report its RSS (0: skip)")
 	flag.IntVar(&cfg.PodN, "pod-n", envInt("BENCH_POD_N", 10), "pods of the pod way, spread over the sequential rounds")
 	flag.StringVar(&cfg.PodNode, "pod-node", "", "node the pods must run on (kubernetes.io/hostname)")
 	flag.StringVar(&podSkipped, "pod-skipped", podSkipped, "line printed instead of the pod row when the pod way is not among -modes")
 	flag.Parse()
 	cfg.Args = flag.Args()
+	cfg.ManagerArgs = strings.Fields(managerArgs)
+	cfg.Procs = map[string]int{}
+	for _, kv := range strings.Split(procs, ",") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(kv), "="); ok {
+			if pid, err := strconv.Atoi(v); err == nil && pid > 0 {
+				cfg.Procs[k] = pid
+			}
+		}
+	}
 	cfg.Modes = strings.Split(modes, ",")
 	if cfg.ConcurrencyN == 0 {
 		cfg.ConcurrencyN = cfg.N
@@ -254,6 +270,8 @@ type result struct {
 	FIFODirs1  int           `json:"fifoDirsEnd"`
 	Notes      []string      `json:"notes,omitempty"`
 	Profile    string        `json:"managerProfile,omitempty"`
+	// LoadProfiles are CPU profiles of the manager under throughput load.
+	LoadProfiles []string `json:"managerLoadProfiles,omitempty"`
 }
 
 func (r *result) note(format string, args ...any) {

@@ -83,6 +83,7 @@ func startManager(ctx context.Context, cfg *config, out string) (*managerProc, e
 		}
 		args = append(args, "--pprof-bind-address", m.pprofAddr)
 	}
+	args = append(args, cfg.ManagerArgs...)
 	cfg.ManagerLogDir = m.logDir
 	m.logPath = cfg.ManagerLog
 	if m.logPath == "" {
@@ -206,6 +207,30 @@ func readProc(pid int) (procStats, error) {
 		}
 	}
 	return ps, sc.Err()
+}
+
+// machineCPU returns busy and total jiffies of all CPUs (/proc/stat).
+func machineCPU() (busy, total float64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, 0
+	}
+	for i, x := range f[1:] {
+		v, _ := strconv.ParseFloat(x, 64)
+		if i >= 8 { // guest time is already in user
+			break
+		}
+		total += v
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy, total
 }
 
 // ---- Prometheus text format, just enough of it ----

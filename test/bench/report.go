@@ -164,6 +164,10 @@ func report(w io.Writer, res *result) {
 			}
 		}
 		tw.Flush()
+		fmt.Fprintln(w, "CPU per call during each run (ms; apiserver/etcd/containerd are shared with other clients) and machine busy:")
+		for _, t := range res.Throughput {
+			fmt.Fprintf(w, "  %-5s c=%-3d %s\n", t.Way, t.Concurrency, cpuLine(t))
+		}
 		for _, t := range res.Throughput {
 			fmt.Fprintf(w, "  %s c=%d phases (mean ms): %s\n", t.Way, t.Concurrency, phaseLine(t.Phases))
 			if t.FirstError != "" {
@@ -173,8 +177,15 @@ func report(w io.Writer, res *result) {
 		goals = append(goals, verdict("fnlet >= 20 calls/s sustained", best >= 20, fmt.Sprintf("%.1f", best)))
 	}
 	if m := res.Manager; m != nil {
-		fmt.Fprintf(w, "\nmanager (pid %d): peak RSS (VmHWM) %.1f MiB; RSS %.1f MiB after %d calls (%d in its cache); CPU %.1f s in all, %.1f ms/call sequential, %.1f ms/call under load\n",
-			m.Pid, m.PeakRSSMiB, m.RSSMiB, m.Calls, m.CachedCalls, m.CPUSeconds, m.SeqCPUMsCall, m.LoadCPUMsCall)
+		fmt.Fprintf(w, "\nmanager (pid %d%s): RSS %.1f MiB after %d calls; CPU %.1f s in all, %.1f ms/call sequential, %.1f ms/call under load\n",
+			m.Pid, strings.Join(append([]string{""}, cfg.ManagerArgs...), " "), m.RSSMiB, m.Calls, m.CPUSeconds, m.SeqCPUMsCall, m.LoadCPUMsCall)
+		if m.Filled > 0 {
+			fmt.Fprintf(w, "  with %d finished calls in its cache (%d written directly in %s): RSS %.1f MiB\n",
+				m.CachedCalls, m.Filled, m.FilledIn.Round(time.Second), m.FilledRSSMiB)
+			goals = append(goals, verdict(fmt.Sprintf("manager RSS <= 80 MiB with %d finished calls cached", m.CachedCalls), m.FilledRSSMiB <= 80,
+				fmt.Sprintf("%.1f MiB", m.FilledRSSMiB)))
+		}
+		fmt.Fprintf(w, "  peak RSS (VmHWM) over the run: %.1f MiB\n", m.PeakRSSMiB)
 	}
 	if ws := res.Writes; ws != nil && ws.Calls > 0 {
 		fmt.Fprintf(w, "\napiserver writes per fnlet call (events on the shared watch, over all %d calls): %.2f\n", ws.Calls, ws.WritesCall)
@@ -213,6 +224,9 @@ func report(w io.Writer, res *result) {
 	if res.Profile != "" {
 		fmt.Fprintf(w, "\nmanager CPU profile (%ds of sequential fnlet calls): %s\n", cfg.ProfileSeconds, res.Profile)
 	}
+	for _, p := range res.LoadProfiles {
+		fmt.Fprintf(w, "manager CPU profile under throughput load: %s\n", p)
+	}
 	if len(res.Leftovers) > 0 {
 		fmt.Fprintln(w, "\nleftovers after the run (all but log dirs must be 0; log dirs are kept on purpose for --log-retention):")
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -245,6 +259,19 @@ func report(w io.Writer, res *result) {
 	if len(goals) > 0 {
 		fmt.Fprintf(w, "\ngoals (this run only): %s\n", strings.Join(goals, "; "))
 	}
+}
+
+func cpuLine(t *loadRun) string {
+	n := float64(t.Calls + t.Late + t.Errors)
+	if n == 0 {
+		return ""
+	}
+	parts := []string{fmt.Sprintf("manager %.1f", t.CPUSeconds*1000/n)}
+	for _, k := range slices.Sorted(maps.Keys(t.ProcCPU)) {
+		parts = append(parts, fmt.Sprintf("%s %.1f", k, t.ProcCPU[k]*1000/n))
+	}
+	parts = append(parts, fmt.Sprintf("| machine %.0f%% busy (= %.0f CPU-ms/call)", t.Busy*100, t.Busy*float64(numCPU())*t.WallNs.Seconds()*1000/n))
+	return strings.Join(parts, "  ")
 }
 
 func phaseLine(ps []phase) string {

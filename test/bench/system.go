@@ -369,6 +369,11 @@ type loadRun struct {
 	Latencies   []time.Duration `json:"latenciesNs"`
 	Phases      []phase         `json:"phaseMeans"`
 	CPUSeconds  float64         `json:"managerCpuSeconds"`
+	// CPU seconds of other processes over the run (apiserver, etcd,
+	// containerd: shared, so other clients' work counts too) and how busy
+	// the whole machine was.
+	ProcCPU map[string]float64 `json:"procCpuSeconds,omitempty"`
+	Busy    float64            `json:"machineBusy"` // 0..1 of all CPUs
 }
 
 // load runs calls of w from c clients until n calls were started (n > 0)
@@ -381,6 +386,8 @@ func (s *system) load(ctx context.Context, w way, name string, c, n int, d time.
 	start := time.Now()
 	end := start.Add(d)
 	before, _ := readProc(s.mgr.cmd.Process.Pid)
+	procs0 := s.procCPU()
+	busy0, total0 := machineCPU()
 	var wg sync.WaitGroup
 	for range c {
 		wg.Go(func() {
@@ -423,7 +430,28 @@ func (s *system) load(ctx context.Context, w way, name string, c, n int, d time.
 	if after, err := readProc(s.mgr.cmd.Process.Pid); err == nil {
 		lr.CPUSeconds = after.CPUSeconds - before.CPUSeconds
 	}
+	busy1, total1 := machineCPU()
+	if total1 > total0 {
+		lr.Busy = (busy1 - busy0) / (total1 - total0)
+	}
+	lr.ProcCPU = map[string]float64{}
+	for k, v := range s.procCPU() {
+		if v0, ok := procs0[k]; ok {
+			lr.ProcCPU[k] = v - v0
+		}
+	}
 	return lr
+}
+
+// procCPU reads the CPU seconds of the -proc processes.
+func (s *system) procCPU() map[string]float64 {
+	out := map[string]float64{}
+	for name, pid := range s.cfg.Procs {
+		if ps, err := readProc(pid); err == nil {
+			out[name] = ps.CPUSeconds
+		}
+	}
+	return out
 }
 
 // phaseMeans averages the phases of samples that share the first's shape.
@@ -473,7 +501,21 @@ func (s *system) loadPhases(ctx context.Context, res *result, raw way) error {
 				break
 			}
 			fmt.Fprintf(os.Stderr, "%s: throughput at concurrency %d for %s\n", w.name(), c, cfg.Duration)
+			var wait func() error
+			var path string
+			if w == fw && s.mgr.pprofAddr != "" && cfg.ProfileSeconds > 0 && len(res.LoadProfiles) == 0 {
+				// The first fnlet throughput run, profiled too.
+				path = s.profilePath(res, fmt.Sprintf("c%d", c))
+				wait = s.startProfile(ctx, max(1, min(int(cfg.Duration.Seconds())-1, 30)), path)
+			}
 			res.Throughput = append(res.Throughput, s.load(ctx, w, fmt.Sprintf("t%d", c), c, 0, cfg.Duration))
+			if wait != nil {
+				if err := wait(); err != nil {
+					res.note("CPU profile of the manager under load failed: %v", err)
+				} else {
+					res.LoadProfiles = append(res.LoadProfiles, path)
+				}
+			}
 		}
 	}
 	if err := ctx.Err(); err != nil {
@@ -484,17 +526,15 @@ func (s *system) loadPhases(ctx context.Context, res *result, raw way) error {
 	s.mark("load-end")
 	res.Manager = s.managerStats(ctx)
 	res.Writes = s.writeStats(ctx)
+	if cfg.CacheCalls > 0 {
+		s.fillCache(ctx, res, cfg.CacheCalls)
+	}
 	return nil
 }
 
-// profile runs sequential fnlet calls while the manager's CPU profiler runs.
-func (s *system) profile(ctx context.Context, res *result) error {
-	secs := s.cfg.ProfileSeconds
-	path := s.cfg.ProfileOut
-	if path == "" {
-		path = filepath.Join(s.out, fmt.Sprintf("manager-cpu-%s.pprof", res.Time.Format("20060102T150405Z")))
-	}
-	fmt.Fprintf(os.Stderr, "fnlet: sequential calls for %ds under the manager's CPU profiler\n", secs)
+// startProfile fetches a CPU profile of the manager over the next secs
+// seconds into path; the returned func waits for it.
+func (s *system) startProfile(ctx context.Context, secs int, path string) func() error {
 	errc := make(chan error, 1)
 	go func() {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet,
@@ -525,6 +565,26 @@ func (s *system) profile(ctx context.Context, res *result) error {
 		}
 		errc <- err
 	}()
+	return func() error { return <-errc }
+}
+
+func (s *system) profilePath(res *result, suffix string) string {
+	path := s.cfg.ProfileOut
+	if path == "" {
+		path = filepath.Join(s.out, fmt.Sprintf("manager-cpu-%s.pprof", res.Time.Format("20060102T150405Z")))
+	}
+	if suffix != "" {
+		path = strings.TrimSuffix(path, ".pprof") + "-" + suffix + ".pprof"
+	}
+	return path
+}
+
+// profile runs sequential fnlet calls while the manager's CPU profiler runs.
+func (s *system) profile(ctx context.Context, res *result) error {
+	secs := s.cfg.ProfileSeconds
+	path := s.profilePath(res, "")
+	fmt.Fprintf(os.Stderr, "fnlet: sequential calls for %ds under the manager's CPU profiler\n", secs)
+	wait := s.startProfile(ctx, secs, path)
 	w := &fnletWay{sys: s}
 	end := time.Now().Add(time.Duration(secs) * time.Second)
 	for i := 0; time.Now().Before(end) && ctx.Err() == nil; i++ {
@@ -532,11 +592,82 @@ func (s *system) profile(ctx context.Context, res *result) error {
 			return err
 		}
 	}
-	if err := <-errc; err != nil {
+	if err := wait(); err != nil {
 		return err
 	}
 	res.Profile = path
 	return nil
+}
+
+// fillCache brings the calls in the manager's cache up to n with finished
+// calls written directly (created for another node so the manager never
+// runs them, then given a Succeeded status bound to its node, as a real
+// finished call has), and reports the manager's RSS with them cached.
+func (s *system) fillCache(ctx context.Context, res *result, n int) {
+	have := int(s.created.Load())
+	if n <= have {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "fnlet: filling the manager's cache up to %d finished calls\n", n)
+	start := time.Now()
+	deadline := start.Add(10 * time.Minute)
+	var next, made atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for ctx.Err() == nil && time.Now().Before(deadline) {
+				i := next.Add(1)
+				if i > int64(n-have) {
+					return
+				}
+				if err := s.finishedCall(ctx, fmt.Sprintf("fill-%s-%d", s.runID, i)); err != nil {
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				made.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	// Let the manager see and reconcile them all.
+	sleepCtx(ctx, 15*time.Second)
+	ps, _ := readProc(s.mgr.cmd.Process.Pid)
+	res.Manager.Filled = int(made.Load())
+	res.Manager.FilledIn = time.Since(start)
+	res.Manager.CachedCalls = have + int(made.Load())
+	res.Manager.FilledRSSMiB = ps.RSSKiB / 1024
+	res.Manager.PeakRSSMiB = ps.HWMKiB / 1024
+	if e, ok := firstErr.Load().(string); ok {
+		res.note("filling the cache: %s", e)
+	}
+}
+
+func (s *system) finishedCall(ctx context.Context, name string) error {
+	fc := &fnletv1.FunctionCall{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.cfg.KubeNamespace, Labels: map[string]string{runLabel: s.runID}},
+		Spec: fnletv1.FunctionCallSpec{Image: s.cfg.Image, ImagePullPolicy: corev1.PullNever, NodeName: s.cfg.Node + "-elsewhere",
+			Args: s.cfg.Args},
+	}
+	if err := s.kc.Create(ctx, fc); err != nil {
+		return err
+	}
+	now := metav1.Now()
+	code := int32(0)
+	cond := func(t, reason, msg string) metav1.Condition {
+		return metav1.Condition{Type: t, Status: metav1.ConditionTrue, Reason: reason, Message: msg, LastTransitionTime: now}
+	}
+	fc.Status = fnletv1.FunctionCallStatus{
+		Phase: fnletv1.PhaseSucceeded, Reason: fnletv1.ReasonCompleted, Message: "exited with code 0", ExitCode: &code,
+		NodeName: s.cfg.Node, ContainerID: "fnlet-" + string(fc.UID), Attempts: 1,
+		ClaimedAt: &now, StartedAt: &now, FinishedAt: &now, LogDir: filepath.Join(s.mgr.logDir, "fnlet-"+string(fc.UID)),
+		Usage: &fnletv1.Usage{PeakMemoryBytes: 1 << 20, CPUNanoseconds: 1e6},
+		Conditions: []metav1.Condition{cond(fnletv1.ConditionClaimed, "Claimed", "claimed by node "+s.cfg.Node),
+			cond(fnletv1.ConditionImageReady, "ImagePresent", "image "+s.cfg.Image+" is on the node"),
+			cond(fnletv1.ConditionStarted, "Started", "container started"),
+			cond(fnletv1.ConditionFinished, "Completed", "exited with code 0")},
+	}
+	return s.kc.Status().Update(ctx, fc)
 }
 
 // ---- what the manager cost, and what it wrote ----
@@ -550,6 +681,10 @@ type managerStats struct {
 	CachedCalls   int     `json:"cachedCalls"`
 	SeqCPUMsCall  float64 `json:"sequentialCpuMsPerCall"`
 	LoadCPUMsCall float64 `json:"loadCpuMsPerCall"`
+	// The cache experiment (-cache-calls).
+	Filled       int           `json:"filled,omitempty"`
+	FilledIn     time.Duration `json:"filledInNs,omitempty"`
+	FilledRSSMiB float64       `json:"filledRssMiB,omitempty"`
 }
 
 func (s *system) managerStats(ctx context.Context) *managerStats {
@@ -657,6 +792,20 @@ func apiserverRows(a, b promSet, n int) []metricRow {
 		rows = append(rows, metricRow{What: what, PerCall: cnt / float64(n), MeanMs: sum / cnt * 1000})
 	}
 	slices.SortFunc(rows, func(x, y metricRow) int { return strings.Compare(x.What, y.What) })
+	// Where a write's time goes inside the apiserver.
+	add := func(what, count, sum string, f map[string]string) {
+		c := b.sum(count, f) - a.sum(count, f)
+		if c <= 0 {
+			return
+		}
+		rows = append(rows, metricRow{What: what, PerCall: c / float64(n), MeanMs: (b.sum(sum, f) - a.sum(sum, f)) / c * 1000})
+	}
+	for _, op := range []string{"create", "update", "get"} {
+		add("etcd "+op+" functioncalls", "etcd_request_duration_seconds_count", "etcd_request_duration_seconds_sum",
+			map[string]string{"resource": "functioncalls", "operation": op})
+	}
+	add("CEL evaluations (all CRDs)", "apiserver_cel_evaluation_duration_seconds_count", "apiserver_cel_evaluation_duration_seconds_sum", nil)
+	add("CRD validation ratcheting", "apiextensions_apiserver_validation_ratcheting_seconds_count", "apiextensions_apiserver_validation_ratcheting_seconds_sum", nil)
 	return rows
 }
 
