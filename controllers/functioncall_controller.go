@@ -374,6 +374,8 @@ func (r *FunctionCallReconciler) finish(ctx context.Context, fc *fnletv1.Functio
 // the signal itself; OOM only counts when the kernel says so.
 func outcome(fc *fnletv1.FunctionCall, res *ctrd.Result, deadline time.Time) (fnletv1.CallPhase, fnletv1.CallReason, string) {
 	switch {
+	case res.ExitStatusLost:
+		return fnletv1.PhaseFailed, fnletv1.ReasonRuntimeError, "exit status lost: the process ended while containerd was down, and containerd discarded the task when it restarted; stdout/stderr are what it wrote"
 	case res.OutputLimitExceeded:
 		return fnletv1.PhaseFailed, fnletv1.ReasonOutputLimitExceeded, "killed: stdout+stderr exceeded the node's output limit"
 	case res.InputIncomplete:
@@ -395,6 +397,9 @@ func outcome(fc *fnletv1.FunctionCall, res *ctrd.Result, deadline time.Time) (fn
 func applyResult(fc *fnletv1.FunctionCall, res *ctrd.Result) {
 	code := res.ExitCode
 	fc.Status.ExitCode = &code
+	if res.ExitStatusLost {
+		fc.Status.ExitCode = nil
+	}
 	fc.Status.Signal = res.Signal
 	fc.Status.Stdout = strings.ToValidUTF8(string(res.Stdout.Data), "\uFFFD")
 	fc.Status.StdoutTruncated = res.Stdout.Truncated
@@ -446,9 +451,15 @@ func (r *FunctionCallReconciler) fail(ctx context.Context, fc *fnletv1.FunctionC
 // fails with RuntimeError. A containerd outage is waited out until the
 // call's deadline: the call may well be alive in its shim.
 func (r *FunctionCallReconciler) runtimeFailure(ctx context.Context, fc *fnletv1.FunctionCall, cause error) (ctrl.Result, error) {
-	if ctrd.IsUnavailable(cause) && r.Clock.Now().Before(r.deadline(fc)) {
-		r.event(fc, corev1.EventTypeWarning, "RuntimeUnavailable", "Wait", "containerd unavailable: %v", cause)
-		return ctrl.Result{RequeueAfter: time.Second}, nil
+	if ctrd.IsUnavailable(cause) {
+		if r.Clock.Now().Before(r.deadline(fc)) {
+			r.event(fc, corev1.EventTypeWarning, "RuntimeUnavailable", "Wait", "containerd unavailable: %v", cause)
+			return ctrl.Result{RequeueAfter: time.Second}, nil
+		}
+		// No retry: the call's time is up, another attempt would only start
+		// a process past its deadline.
+		return ctrl.Result{}, r.fail(ctx, fc, fnletv1.ReasonRuntimeError,
+			fmt.Sprintf("containerd was unavailable until the call's timeout (%s) passed: %v", r.timeout(fc), cause), cause)
 	}
 	retries := int32(0)
 	if fc.Spec.Retries != nil {

@@ -85,11 +85,16 @@ type Result struct {
 	// InputIncomplete is true when the runtime killed the call on recovery
 	// because its FIFO input was not confirmed complete (StdinFIFO only).
 	InputIncomplete bool
-	StartedAt       time.Time
-	FinishedAt      time.Time
-	Usage           Usage
-	Stdout          Tail
-	Stderr          Tail
+	// ExitStatusLost is true when the task of a started call is gone
+	// although nobody deleted it: containerd, restarted after the process
+	// ended, reaped its shim as a leak and the exit status with it. ExitCode
+	// means nothing then; the output tails are still read from disk.
+	ExitStatusLost bool
+	StartedAt      time.Time
+	FinishedAt     time.Time
+	Usage          Usage
+	Stdout         Tail
+	Stderr         Tail
 }
 
 // Usage is what the call consumed, from the task's cgroup metrics.

@@ -2,6 +2,7 @@ package ctrd
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -19,7 +20,16 @@ func wrapErr(err error, format string, args ...any) error {
 	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), native(err))
 }
 
+// connClosing is gRPC's error for a call on a connection being closed, as
+// Watch's Reconnect does after containerd restarted: the call failed for
+// the same reason as any call to a daemon that is away (Unavailable), not
+// because it was cancelled.
+const connClosing = "grpc: the client connection is closing"
+
 func native(err error) error {
+	if err != nil && strings.Contains(err.Error(), connClosing) {
+		return errdefs.ErrUnavailable.WithMessage(err.Error())
+	}
 	if _, ok := status.FromError(err); ok {
 		return errgrpc.ToNative(err)
 	}

@@ -212,7 +212,8 @@ type ImageInfo struct {
 const PullTimeout = 5 * time.Minute
 
 // EnsureImage makes ref present and unpacked according to policy. Errors
-// are *ImageError with a class a user can act on.
+// are *ImageError with a class a user can act on, except containerd being
+// unreachable (IsUnavailable), which says nothing about the image.
 func (r *Runtime) EnsureImage(ctx context.Context, ref string, policy PullPolicy, auth RegistryAuth) (ImageInfo, error) {
 	full, err := NormalizeImageRef(ref)
 	if err != nil {
@@ -236,6 +237,11 @@ func (r *Runtime) ensureImage(ctx context.Context, ref string, policy PullPolicy
 		ci, err := r.localImage(ctx, ref)
 		if err == nil {
 			return ci, false, nil
+		}
+		if IsUnavailable(err) {
+			// containerd is away: nothing is known about the image, and the
+			// caller waits for the daemon like for any other call.
+			return cachedImage{}, false, err
 		}
 		if !errdefs.IsNotFound(err) {
 			return cachedImage{}, false, &ImageError{Ref: ref, Class: PullOther, Err: err}

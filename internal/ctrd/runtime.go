@@ -67,6 +67,7 @@ type Runtime struct {
 	mu         sync.Mutex
 	calls      map[string]*callHandle // by container ID
 	oom        map[string]bool        // by container ID: TaskOOM seen
+	leased     map[string]bool        // by container ID: lease made, removal not confirmed
 	reconnects atomic.Int64
 }
 
@@ -159,6 +160,7 @@ func New(address string, opts ...Opt) (*Runtime, error) {
 		pollInterval: 200 * time.Millisecond,
 		calls:        map[string]*callHandle{},
 		oom:          map[string]bool{},
+		leased:       map[string]bool{},
 	}
 	for _, o := range opts {
 		if err := o(r); err != nil {

@@ -123,6 +123,9 @@ func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 	if _, err := r.client.LeasesService().Create(ctx, leases.WithID(id), leases.WithExpiration(24*time.Hour)); err != nil && !errdefs.IsAlreadyExists(err) {
 		return State{}, wrapErr(err, "create lease %s", id)
 	}
+	r.mu.Lock()
+	r.leased[id] = true
+	r.mu.Unlock()
 	lctx := leases.WithLease(ctx, id)
 	newContainer := func() (client.Container, error) {
 		return r.client.NewContainer(lctx, id,
@@ -178,6 +181,11 @@ func (r *Runtime) limitFor(call Call) int64 {
 func (r *Runtime) resume(ctx context.Context, h *callHandle, call Call) (State, error) {
 	h.limit = r.limitFor(call)
 	if h.getTask() == nil {
+		if !r.startedAt(h.id).IsZero() {
+			// It ran and its task is gone (see Result.ExitStatusLost): never
+			// start it a second time.
+			return r.state(ctx, h)
+		}
 		if err := r.startTask(ctx, h, call.Input); err != nil {
 			return State{}, err
 		}
@@ -206,6 +214,21 @@ func (r *Runtime) startTask(ctx context.Context, h *callHandle, input []byte) er
 		stdin = w
 	}
 	task, err := h.container.NewTask(ctx, shimCreator(cfg))
+	if errdefs.IsAlreadyExists(err) {
+		// An earlier NewTask whose answer was lost (containerd or the manager
+		// died mid-call) made the task after all. Never started, it is ours to
+		// take over: in file mode its IO is the files just prepared again; a
+		// FIFO stdin was made anew, so that task goes and another is made.
+		if old, lerr := h.container.Task(ctx, attachShimIO); lerr == nil {
+			if st, serr := old.Status(ctx); serr == nil && st.Status == client.Created {
+				if r.stdinMode == StdinFile {
+					task, err = old, nil
+				} else if _, derr := old.Delete(ctx, client.WithProcessKill); derr == nil {
+					task, err = h.container.NewTask(ctx, shimCreator(cfg))
+				}
+			}
+		}
+	}
 	if err != nil {
 		if stdin != nil {
 			stdin.Close()
@@ -315,13 +338,24 @@ func (r *Runtime) state(ctx context.Context, h *callHandle) (State, error) {
 		s.Phase, s.Result = PhaseExited, res
 		return s, nil
 	}
-	if task == nil {
-		s.Phase = PhaseCreated
-		return s, nil
+	var st client.Status
+	var err error = errdefs.ErrNotFound
+	if task != nil {
+		st, err = task.Status(ctx)
 	}
-	st, err := task.Status(ctx)
 	if errdefs.IsNotFound(err) {
-		s.Phase = PhaseCreated
+		if s.StartedAt.IsZero() {
+			s.Phase = PhaseCreated // never started: Run resumes it
+			return s, nil
+		}
+		// Started, and the task is gone without our Delete (which removes the
+		// start marker with the task): containerd restarted after the
+		// process ended and reaped the shim, exit status included.
+		res, err := r.lostResult(h)
+		if err != nil {
+			return State{}, err
+		}
+		s.Phase, s.Result = PhaseExited, res
 		return s, nil
 	}
 	if err != nil {
@@ -370,6 +404,30 @@ func (r *Runtime) collect(ctx context.Context, h *callHandle, task client.Task, 
 	}
 	if res.Stderr, terr = readTail(filepath.Join(r.callDir(h.id), stderrFile), r.tailBytes); terr != nil {
 		return nil, fmt.Errorf("read stderr of %s: %w", h.id, terr)
+	}
+	h.mu.Lock()
+	h.result = res
+	h.mu.Unlock()
+	h.markExited()
+	return res, nil
+}
+
+// lostResult is the Result of a call whose task containerd discarded after
+// it exited: what the node still knows, the output files and markers.
+func (r *Runtime) lostResult(h *callHandle) (*Result, error) {
+	res := &Result{
+		ExitStatusLost:      true,
+		ExitCode:            -1,
+		StartedAt:           r.startedAt(h.id),
+		OutputLimitExceeded: r.markerExists(h.id, limitMarker),
+		InputIncomplete:     r.markerExists(h.id, inputMarker),
+	}
+	var err error
+	if res.Stdout, err = readTail(filepath.Join(r.callDir(h.id), stdoutFile), r.tailBytes); err != nil {
+		return nil, fmt.Errorf("read stdout of %s: %w", h.id, err)
+	}
+	if res.Stderr, err = readTail(filepath.Join(r.callDir(h.id), stderrFile), r.tailBytes); err != nil {
+		return nil, fmt.Errorf("read stderr of %s: %w", h.id, err)
 	}
 	h.mu.Lock()
 	h.result = res
@@ -460,6 +518,14 @@ func (r *Runtime) Delete(ctx context.Context, callUID string) error {
 	id := ContainerID(callUID)
 	h, err := r.handleFor(ctx, callUID)
 	if errdefs.IsNotFound(err) {
+		r.mu.Lock()
+		leased := r.leased[id]
+		r.mu.Unlock()
+		if leased { // a Run whose container was never made, e.g. containerd died
+			if err := r.deleteLease(ctx, id); err != nil {
+				return err
+			}
+		}
 		r.dropHandle(id)
 		os.Remove(filepath.Join(r.callDir(id), stdinFile))
 		return nil
@@ -483,6 +549,12 @@ func (r *Runtime) Delete(ctx context.Context, callUID string) error {
 			return wrapErr(err, "delete task %s", id)
 		}
 		taskGone = err != nil
+	}
+	// The task is ours to delete no more: without the start marker, a task
+	// found missing later reads as never started, not as reaped by
+	// containerd (see state).
+	if err := os.Remove(filepath.Join(r.callDir(id), startedMarker)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove start marker of %s: %w", id, err)
 	}
 	if taskGone {
 		// A Delete cut short (containerd cancels it when the manager dies
@@ -516,5 +588,8 @@ func (r *Runtime) deleteLease(ctx context.Context, id string) error {
 	if err := r.client.LeasesService().Delete(ctx, leases.Lease{ID: id}); err != nil && !errdefs.IsNotFound(err) {
 		return wrapErr(err, "delete lease %s", id)
 	}
+	r.mu.Lock()
+	delete(r.leased, id)
+	r.mu.Unlock()
 	return nil
 }
