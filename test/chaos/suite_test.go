@@ -133,6 +133,9 @@ func runSuite(m *testing.M) int {
 		ErrorIfCRDPathMissing: true,
 	}
 	env.te.ControlPlane.APIServer = &envtest.APIServer{CertDir: certDir}
+	// A graceful stop waits for every open watch; after 5 s envtest
+	// SIGKILLs the apiserver, which is the outage the tests want anyway.
+	env.te.ControlPlaneStopTimeout = 5 * time.Second
 	cfg, err := env.te.Start()
 	if err != nil {
 		fmt.Println("start envtest:", err)
