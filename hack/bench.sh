@@ -123,10 +123,12 @@ if [ "${BENCH_POD:-}" != 0 ] && cluster_running && node_ready; then
 	IMPORT_ADDRESS=$CLUSTER_CTRD_SOCK IMPORT_NAMESPACE=k8s.io hack/build-images.sh >/dev/null
 	modes=$modes,pod
 	pod_args=(-pod-node "$NODE_NAME" -pod-n "${BENCH_POD_N:-10}")
+	log "cluster up (node $NODE_NAME Ready): plain Pods are measured too"
 elif [ "${BENCH_POD:-}" = 0 ]; then
 	pod_args=(-pod-skipped "pod: skipped (BENCH_POD=0)")
 else
 	pod_args=(-pod-skipped "pod: skipped (no cluster; run hack/cluster-up.sh, or BENCH_POD=1)")
+	log "no cluster with a Ready node $NODE_NAME: no plain Pods (BENCH_POD=1 starts one)"
 fi
 
 log "building the manager (from this working tree) and the benchmark"
@@ -154,7 +156,7 @@ if [ "$rc" -ne 0 ]; then
 	fi
 	exit "$rc"
 fi
-for p in "$profile" "${profile%.pprof}"-c*.pprof; do
+for p in "$profile" "${profile%.pprof}"-c*.pprof "${profile%.pprof}"-filled.pprof; do
 	[ -s "$p" ] || continue
 	echo
 	echo "manager CPU profile, top 20 by own time (go tool pprof -top $p):"

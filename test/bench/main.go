@@ -262,6 +262,7 @@ type result struct {
 	Order     []string            `json:"order"`
 
 	Conc       *loadRun      `json:"concurrency,omitempty"`
+	AfterFill  *loadRun      `json:"afterCacheFill,omitempty"`
 	Throughput []*loadRun    `json:"throughput,omitempty"`
 	Manager    *managerStats `json:"manager,omitempty"`
 	Writes     *writeStats   `json:"writes,omitempty"`
@@ -308,7 +309,7 @@ func run(ctx context.Context, cfg config, out, cpuProfile string) (err error) {
 		}
 		if sys != nil {
 			// Bounded cleanup, even when ctx is done (interrupt, timeout).
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Minute)
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
 			defer cancel()
 			if cerr := sys.close(cctx, res); cerr != nil {
 				fmt.Fprintln(os.Stderr, "fnlet-bench: cleanup:", cerr)
@@ -424,14 +425,15 @@ func run(ctx context.Context, cfg config, out, cpuProfile string) (err error) {
 		}
 	}
 	res.LoadEnd = loadAvg()
+	var cleanupErr error
 	if sys != nil {
 		// Deletes the calls, waits for the manager's cleanup, counts leftovers.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Minute)
-		err := sys.close(cctx, res)
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
+		cleanupErr = sys.close(cctx, res)
 		cancel()
 		sys = nil
-		if err != nil {
-			return err
+		if cleanupErr != nil {
+			res.note("cleanup: %v", cleanupErr)
 		}
 	}
 	for _, w := range ways {
@@ -447,7 +449,7 @@ func run(ctx context.Context, cfg config, out, cpuProfile string) (err error) {
 		return err
 	}
 	fmt.Printf("\nresults: %s\n", path)
-	return nil
+	return cleanupErr
 }
 
 func oneCall(ctx context.Context, w way, id string) (sample, error) {

@@ -186,6 +186,10 @@ func report(w io.Writer, res *result) {
 				fmt.Sprintf("%.1f MiB", m.FilledRSSMiB)))
 		}
 		fmt.Fprintf(w, "  peak RSS (VmHWM) over the run: %.1f MiB\n", m.PeakRSSMiB)
+		if a := res.AfterFill; a != nil && a.Calls > 0 {
+			fmt.Fprintf(w, "  fnlet sequential with them cached: %d calls, p50 %s  p95 %s ms; phases (mean ms): %s\n",
+				a.Calls, ms(a.Stats.P50), ms(a.Stats.P95), phaseLine(a.Phases))
+		}
 	}
 	if ws := res.Writes; ws != nil && ws.Calls > 0 {
 		fmt.Fprintf(w, "\napiserver writes per fnlet call (events on the shared watch, over all %d calls): %.2f\n", ws.Calls, ws.WritesCall)
@@ -225,7 +229,7 @@ func report(w io.Writer, res *result) {
 		fmt.Fprintf(w, "\nmanager CPU profile (%ds of sequential fnlet calls): %s\n", cfg.ProfileSeconds, res.Profile)
 	}
 	for _, p := range res.LoadProfiles {
-		fmt.Fprintf(w, "manager CPU profile under throughput load: %s\n", p)
+		fmt.Fprintf(w, "manager CPU profile (load or full cache): %s\n", p)
 	}
 	if len(res.Leftovers) > 0 {
 		fmt.Fprintln(w, "\nleftovers after the run (all but log dirs must be 0; log dirs are kept on purpose for --log-retention):")

@@ -641,6 +641,24 @@ func (s *system) fillCache(ctx context.Context, res *result, n int) {
 	if e, ok := firstErr.Load().(string); ok {
 		res.note("filling the cache: %s", e)
 	}
+	// The cold path again, now that the manager holds n calls: a claim
+	// lists the cache to check capacity.
+	fmt.Fprintf(os.Stderr, "fnlet: sequential calls with %d calls cached\n", res.Manager.CachedCalls)
+	var wait func() error
+	var path string
+	if s.mgr.pprofAddr != "" && s.cfg.ProfileSeconds > 0 {
+		path = s.profilePath(res, "filled")
+		wait = s.startProfile(ctx, s.cfg.ProfileSeconds, path)
+		// As many calls as fit in the profile.
+		res.AfterFill = s.load(ctx, &fnletWay{sys: s}, "filled", 1, 0, time.Duration(s.cfg.ProfileSeconds)*time.Second)
+		if err := wait(); err != nil {
+			res.note("CPU profile of the manager with a full cache failed: %v", err)
+		} else {
+			res.LoadProfiles = append(res.LoadProfiles, path)
+		}
+		return
+	}
+	res.AfterFill = s.load(ctx, &fnletWay{sys: s}, "filled", 1, max(10, s.cfg.N/5), 0)
 }
 
 func (s *system) finishedCall(ctx context.Context, name string) error {
@@ -853,17 +871,13 @@ func (s *system) close(ctx context.Context, res *result) error {
 	sel := client.MatchingLabels{runLabel: s.runID}
 	ns := client.InNamespace(s.cfg.KubeNamespace)
 	if s.fcs != nil || s.mgr != nil {
-		if err := s.kc.DeleteAllOf(ctx, &fnletv1.FunctionCall{}, ns, sel); err != nil && !apierrors.IsNotFound(err) {
+		if err := s.deleteAll(ctx, &fnletv1.FunctionCall{}, &fnletv1.FunctionCallList{}, 6*time.Minute, ns, sel); err != nil {
 			errs = append(errs, fmt.Errorf("delete FunctionCalls: %w", err))
-		} else if err := s.waitGone(ctx, &fnletv1.FunctionCallList{}, 2*time.Minute); err != nil {
-			errs = append(errs, err)
 		}
 	}
 	if s.pods != nil {
-		if err := s.kc.DeleteAllOf(ctx, &corev1.Pod{}, ns, sel, client.GracePeriodSeconds(0)); err != nil && !apierrors.IsNotFound(err) {
+		if err := s.deleteAll(ctx, &corev1.Pod{}, &corev1.PodList{}, 2*time.Minute, ns, sel, client.GracePeriodSeconds(0)); err != nil {
 			errs = append(errs, fmt.Errorf("delete pods: %w", err))
-		} else if err := s.waitGone(ctx, &corev1.PodList{}, time.Minute); err != nil {
-			errs = append(errs, err)
 		}
 	}
 	if s.stopW != nil {
@@ -888,24 +902,35 @@ func (s *system) close(ctx context.Context, res *result) error {
 	return errors.Join(errs...)
 }
 
-func (s *system) waitGone(ctx context.Context, list client.ObjectList, d time.Duration) error {
+// deleteAll deletes this run's objects with delete-collection requests
+// (one request deletes many; with thousands, one may time out half way, so
+// it is repeated) until none is left or d has passed.
+func (s *system) deleteAll(ctx context.Context, obj client.Object, list client.ObjectList, d time.Duration, opts ...client.DeleteAllOfOption) error {
 	deadline := time.Now().Add(d)
+	var lastErr error
 	for {
-		err := s.kc.List(ctx, list, client.InNamespace(s.cfg.KubeNamespace), client.MatchingLabels{runLabel: s.runID})
-		if err == nil {
-			items := meta.LenList(list)
-			if items == 0 {
-				return nil
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%d objects of this run still there %s after the delete", items, d)
-			}
-		} else if time.Now().After(deadline) {
-			return err
+		err := s.kc.DeleteAllOf(ctx, obj, opts...)
+		if err != nil && !apierrors.IsNotFound(err) {
+			lastErr = err
 		}
-		sleepCtx(ctx, 500*time.Millisecond)
-		if ctx.Err() != nil {
-			return ctx.Err()
+		left, lerr := s.left(ctx, list)
+		if lerr == nil && left == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("%d objects of this run still there after %s (last error: %v)", left, d, errors.Join(lastErr, lerr))
+		}
+		if err == nil {
+			// Accepted: deletions may wait for finalizers; give them time.
+			sleepCtx(ctx, time.Second)
 		}
 	}
+}
+
+func (s *system) left(ctx context.Context, list client.ObjectList) (int, error) {
+	err := s.kc.List(ctx, list, client.InNamespace(s.cfg.KubeNamespace), client.MatchingLabels{runLabel: s.runID})
+	if err != nil {
+		return -1, err
+	}
+	return meta.LenList(list), nil
 }
