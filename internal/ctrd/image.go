@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	remoteerrors "github.com/containerd/containerd/v2/core/remotes/errors"
@@ -266,16 +267,46 @@ func (r *Runtime) localImage(ctx context.Context, ref string) (cachedImage, erro
 	if err != nil {
 		return cachedImage{}, wrapErr(err, "get image %s", ref)
 	}
+	// From here on NotFound is content missing from an image that is here,
+	// not an absent image (which would read "not present on the node").
+	if err := checkContainerImage(ctx, ref, img); err != nil {
+		return cachedImage{}, err
+	}
 	unpacked, err := img.IsUnpacked(ctx, r.snapshot)
 	if err != nil {
-		return cachedImage{}, wrapErr(err, "check unpacked %s", ref)
+		return cachedImage{}, incomplete(err, "check unpacked %s", ref)
 	}
 	if !unpacked {
 		if err := img.Unpack(ctx, r.snapshot); err != nil {
-			return cachedImage{}, wrapErr(err, "unpack %s", ref)
+			return cachedImage{}, incomplete(err, "unpack %s", ref)
 		}
 	}
 	return r.remember(ctx, ref, img)
+}
+
+// checkContainerImage refuses what an image store can hold but no runtime
+// can run (Helm charts, signatures, other OCI artifacts), instead of running
+// an empty root filesystem with whatever config JSON parses.
+func checkContainerImage(ctx context.Context, ref string, img client.Image) error {
+	cfg, err := img.Config(ctx)
+	if err != nil {
+		return incomplete(err, "read manifest of %s", ref)
+	}
+	switch cfg.MediaType {
+	case ocispec.MediaTypeImageConfig, images.MediaTypeDockerSchema2Config:
+		return nil
+	}
+	return fmt.Errorf("%s is not a container image: its config has media type %s", ref, cfg.MediaType)
+}
+
+// incomplete wraps an error about an image that is present: a NotFound
+// there means missing content (a blob), so it keeps its message but loses
+// the class, which callers read as "no such image".
+func incomplete(err error, format string, args ...any) error {
+	if err = native(err); errdefs.IsNotFound(err) {
+		return fmt.Errorf("%s: content of the image missing on the node: %v", fmt.Sprintf(format, args...), err)
+	}
+	return wrapErr(err, format, args...)
 }
 
 func (r *Runtime) remember(ctx context.Context, ref string, img client.Image) (cachedImage, error) {
@@ -309,6 +340,9 @@ func (r *Runtime) pull(ctx context.Context, ref string, auth RegistryAuth) (cach
 	if err != nil {
 		native := wrapErr(err, "pull")
 		return cachedImage{}, &ImageError{Ref: ref, Class: classifyPullError(native), Err: native}
+	}
+	if err := checkContainerImage(ctx, ref, img); err != nil {
+		return cachedImage{}, &ImageError{Ref: ref, Class: PullOther, Err: err}
 	}
 	return r.remember(ctx, ref, img)
 }
