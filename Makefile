@@ -105,3 +105,9 @@ kind-e2e: ## The same test/e2e suite on a kind cluster (needs Docker and kind; c
 .PHONY: bench
 bench: ## fnlet vs ctrd vs raw containerd vs ctr (and a plain Pod if the cluster is up), one interleaved run; table + bench-results/*.json.
 	hack/bench.sh
+
+##@ Chaos
+
+.PHONY: chaos
+chaos: ## Fault injection (manager/containerd SIGKILLs, apiserver outage, 1000 calls for leaks, bad input) on a private containerd; prints the lost/duplicate/leak/wrong-status table.
+	hack/chaos.sh
