@@ -67,9 +67,8 @@ type FunctionCallReconciler struct {
 	finished finishedSet
 }
 
-// +kubebuilder:rbac:groups=fnlet.dev,resources=functioncalls,verbs=get;list;watch;update;patch;delete
-// +kubebuilder:rbac:groups=fnlet.dev,resources=functioncalls/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=fnlet.dev,resources=functioncalls/finalizers,verbs=update
+// +kubebuilder:rbac:groups=fnlet.dev,resources=functioncalls,verbs=get;list;watch;patch;delete
+// +kubebuilder:rbac:groups=fnlet.dev,resources=functioncalls/status,verbs=update
 // +kubebuilder:rbac:groups="",resources=secrets;configmaps,verbs=get
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
