@@ -512,6 +512,10 @@ type row struct {
 	extra                                []string
 }
 
+// testStarted is when the running test began (tests run one at a time):
+// leases made since then are that test's.
+var testStarted time.Time
+
 var report struct {
 	mu   sync.Mutex
 	rows []*row
@@ -521,6 +525,7 @@ var report struct {
 // with whatever was counted so far if the test stopped early.
 func newRow(t *testing.T, fault string) *row {
 	r := &row{Fault: fault, started: time.Now(), name: t.Name()}
+	testStarted = r.started
 	t.Cleanup(func() {
 		r.Failed = t.Failed()
 		r.Duration = time.Since(r.started).Round(time.Second)
@@ -544,6 +549,7 @@ func printReport() {
 	if len(report.rows) == 0 {
 		return
 	}
+	sort.SliceStable(report.rows, func(i, j int) bool { return report.rows[i].Fault < report.rows[j].Fault })
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nfnlet chaos results (%s)\n", time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&b, "%-44s %7s %6s %5s %5s %6s %6s %6s %s\n", "fault", "faults", "calls", "lost", "dups", "leaked", "wrong", "time", "result")
