@@ -86,6 +86,7 @@ func (c config) has(mode string) bool { return slices.Contains(c.Modes, mode) }
 
 // sample is one measured call: its total and its phases, in order.
 type sample struct {
+	ID     string        `json:"id,omitempty"` // the object's name (fnlet, pod)
 	Total  time.Duration `json:"totalNs"`
 	Phases []phase       `json:"phases,omitempty"`
 }

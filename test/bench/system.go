@@ -232,7 +232,9 @@ func (w *fnletWay) call(ctx context.Context, id string) (sample, error) {
 			t.lapAt(m, t.last) // not seen separately: a zero-length phase
 		}
 	}
-	return t.sample(), nil
+	smp := t.sample()
+	smp.ID = name
+	return smp, nil
 }
 
 func observeCall(o client.Object) ([]string, bool, error) {
@@ -325,7 +327,9 @@ func (w *podWay) call(ctx context.Context, id string) (sample, error) {
 			t.lapAt(m, t.last)
 		}
 	}
-	return t.sample(), nil
+	smp := t.sample()
+	smp.ID = name
+	return smp, nil
 }
 
 func observePod(o client.Object) ([]string, bool, error) {
