@@ -111,6 +111,9 @@ func report(w io.Writer, res *result) {
 		}
 		fmt.Fprintf(w, "  %-20s %-12s %6.2fx  (%.2fx)\n", r.label, r.a+"/"+r.b, ratio(a.P50, b.P50), ratio(a.P95, b.P95))
 	}
+	if _, ok := all["fnlet"]; ok {
+		fmt.Fprintln(w, "  (ctrd, raw and ctr remove the container inside the measured call; fnlet removes it after writing the status, outside)")
+	}
 	var goals []string
 	if f, ok := all["fnlet"]; ok {
 		if raw, ok := all["raw"]; ok {
