@@ -254,13 +254,16 @@ func (r *Runtime) startTask(ctx context.Context, h *callHandle, input []byte) er
 }
 
 func (r *Runtime) start(ctx context.Context, h *callHandle) error {
-	// Taken before Start: a fast program can exit before Start returns.
+	// Written before Start, whose answer can be lost (containerd dying
+	// mid-call) after the process started: a task that then vanishes reads
+	// as started and reaped (see state), never as one to start again. A Start
+	// that fails for good ends in Delete, which removes the marker.
 	now := time.Now().UTC()
-	if err := h.task.Start(ctx); err != nil {
-		return wrapErr(err, "start task %s", h.id)
-	}
 	if err := r.writeMarker(h.id, startedMarker, now.Format(time.RFC3339Nano)); err != nil {
 		return fmt.Errorf("record start of %s: %w", h.id, err)
+	}
+	if err := h.task.Start(ctx); err != nil {
+		return wrapErr(err, "start task %s", h.id)
 	}
 	return nil
 }
