@@ -67,6 +67,9 @@ export FNLET_CHAOS_NAMESPACE=fnlet-chaos
 IMPORT_NAMESPACE=$FNLET_CHAOS_NAMESPACE "$FNLET_ROOT/hack/build-images.sh" >/dev/null
 export FNLET_CHAOS_CONTAINERD_PIDFILE=$CTRD_PID
 export FNLET_CHAOS_REPORT=$REPORT
+# Manager logs of failed tests.
+export FNLET_CHAOS_ARTIFACTS=$FNLET_LOGS/chaos-artifacts
+rm -rf "$FNLET_CHAOS_ARTIFACTS"
 
 step "go vet + chaos tests"
 go vet ./test/chaos/

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -48,6 +49,8 @@ type outcome struct {
 	phase  fnletv1.CallPhase
 	reason fnletv1.CallReason
 	exit   *int32 // nil: not checked
+	// exitIn, when set, lists the acceptable exit codes.
+	exitIn []int32
 	stdout *string
 	stderr *string
 	// log is the exact content of the full stdout file on the node.
@@ -72,6 +75,9 @@ func (o outcome) check(fc *fnletv1.FunctionCall, logDir string) []string {
 			got = fmt.Sprint(*st.ExitCode)
 		}
 		bad = append(bad, fmt.Sprintf("exit code %s, want %d", got, *o.exit))
+	}
+	if len(o.exitIn) > 0 && (st.ExitCode == nil || !slices.Contains(o.exitIn, *st.ExitCode)) {
+		bad = append(bad, fmt.Sprintf("exit code %s, want one of %v", exitOf(fc), o.exitIn))
 	}
 	if o.stdout != nil && st.Stdout != *o.stdout {
 		bad = append(bad, fmt.Sprintf("status stdout %q, want %q", clip(st.Stdout), clip(*o.stdout)))

@@ -269,7 +269,8 @@ func startManager(t *testing.T, node string, extra ...string) *manager {
 	t.Cleanup(func() {
 		m.stop()
 		if t.Failed() {
-			m.dumpLogs(60)
+			m.dumpLogs(20)
+			m.saveLogs()
 		}
 	})
 	return m
@@ -359,6 +360,28 @@ func (m *manager) logText() string {
 func (m *manager) dumpLogs(n int) {
 	lines := strings.Split(m.logText(), "\n")
 	m.t.Logf("manager %s log (last %d lines of %d incarnations):\n%s", m.node, n, m.started, strings.Join(lines[max(0, len(lines)-n):], "\n"))
+}
+
+// saveLogs copies every incarnation's log to $FNLET_CHAOS_ARTIFACTS (make
+// chaos keeps them under its log directory), for a failed test.
+func (m *manager) saveLogs() {
+	dir := os.Getenv("FNLET_CHAOS_ARTIFACTS")
+	if dir == "" {
+		return
+	}
+	dir = filepath.Join(dir, strings.ReplaceAll(m.t.Name(), "/", "_"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return
+	}
+	m.mu.Lock()
+	paths := append([]string(nil), m.logs...)
+	m.mu.Unlock()
+	for _, p := range paths {
+		if b, err := os.ReadFile(p); err == nil {
+			_ = os.WriteFile(filepath.Join(dir, filepath.Base(p)), b, 0o644)
+		}
+	}
+	m.t.Logf("manager %s logs saved in %s", m.node, dir)
 }
 
 // metrics scrapes the manager's Prometheus endpoint: name → value of the
