@@ -158,7 +158,9 @@ func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.Function
 // hasRoom checks the node's capacity against the calls it already runs.
 func (r *FunctionCallReconciler) hasRoom(ctx context.Context, fc *fnletv1.FunctionCall) (bool, error) {
 	var list fnletv1.FunctionCallList
-	if err := r.Client.List(ctx, &list); err != nil {
+	// Read-only walk over the cache: no deep copy of every cached call (with
+	// thousands of finished calls cached, the copies dominated claim time).
+	if err := r.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 		return false, fmt.Errorf("list calls: %w", err)
 	}
 	active, mem := 0, int64(0)
