@@ -575,6 +575,11 @@ func printReport() {
 	sort.SliceStable(report.rows, func(i, j int) bool { return report.rows[i].Fault < report.rows[j].Fault })
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nfnlet chaos results (%s)\n", time.Now().UTC().Format(time.RFC3339))
+	scale := "at the issue's targets: 100 calls under manager SIGKILLs, 50 under the apiserver outage, 1000 for leaks"
+	if v := os.Getenv("FNLET_CHAOS_LEAK_CALLS"); v != "" && v != "1000" {
+		scale = "SCALED: leak run with " + v + " calls instead of 1000 (FNLET_CHAOS_LEAK_CALLS)"
+	}
+	fmt.Fprintf(&b, "counts %s\n", scale)
 	fmt.Fprintf(&b, "%-44s %7s %6s %5s %5s %6s %6s %6s %s\n", "fault", "faults", "calls", "lost", "dups", "leaked", "wrong", "time", "result")
 	fmt.Fprintf(&b, "%-44s %7s %6s %5s %5s %6s %6s %6s %s\n", "", "injected", "run", "", "", "objects", "status", "", "")
 	var tot row
