@@ -137,6 +137,9 @@ func TestLeaks(t *testing.T) {
 	}
 	elapsed := time.Since(start)
 	r.Calls = submitted
+	// The faults here are the endings other than success: OOM kills,
+	// timeouts, cancels and deletes mid-run, non-zero exits.
+	r.Faults = submitted - kinds["success"]
 	r.Lost = len(active)
 	var stuck []string
 	for name := range active {
