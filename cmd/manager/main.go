@@ -97,35 +97,25 @@ func run(ctx context.Context, o options) error {
 	if o.nodeName == "" {
 		return fmt.Errorf("no node name: set --node-name or NODE_NAME")
 	}
-	q := func(name, v string) (int64, error) {
-		x, err := resource.ParseQuantity(v)
-		if err != nil {
-			return 0, fmt.Errorf("--%s=%q: %w", name, v, err)
-		}
-		return x.Value(), nil
-	}
-	mq := func(name, v string) (int64, error) {
-		x, err := resource.ParseQuantity(v)
-		if err != nil {
-			return 0, fmt.Errorf("--%s=%q: %w", name, v, err)
-		}
-		return x.MilliValue(), nil
-	}
 	var lim controllers.Limits
 	var budget, outputLimit int64
-	var err error
 	for _, p := range []struct {
-		dst  *int64
-		name string
-		v    string
-		f    func(string, string) (int64, error)
+		dst   *int64
+		name  string
+		v     string
+		milli bool // CPU flags are read in millicpu
 	}{
-		{&budget, "memory-budget", o.memoryBudget, q}, {&lim.DefaultMemoryBytes, "default-memory", o.defaultMemory, q},
-		{&lim.MaxMemoryBytes, "max-memory", o.maxMemory, q}, {&lim.DefaultMilliCPU, "default-cpu", o.defaultCPU, mq},
-		{&lim.MaxMilliCPU, "max-cpu", o.maxCPU, mq}, {&outputLimit, "output-limit", o.outputLimit, q},
+		{&budget, "memory-budget", o.memoryBudget, false}, {&lim.DefaultMemoryBytes, "default-memory", o.defaultMemory, false},
+		{&lim.MaxMemoryBytes, "max-memory", o.maxMemory, false}, {&lim.DefaultMilliCPU, "default-cpu", o.defaultCPU, true},
+		{&lim.MaxMilliCPU, "max-cpu", o.maxCPU, true}, {&outputLimit, "output-limit", o.outputLimit, false},
 	} {
-		if *p.dst, err = p.f(p.name, p.v); err != nil {
-			return err
+		x, err := resource.ParseQuantity(p.v)
+		if err != nil {
+			return fmt.Errorf("--%s=%q: %w", p.name, p.v, err)
+		}
+		*p.dst = x.Value()
+		if p.milli {
+			*p.dst = x.MilliValue()
 		}
 	}
 	lim.DefaultPids = o.defaultPids

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -202,10 +203,7 @@ func (r *Runtime) startTask(ctx context.Context, h *callHandle, input []byte) er
 	if err != nil {
 		return fmt.Errorf("run %s: %w", h.id, err)
 	}
-	var stdin interface {
-		Write([]byte) (int, error)
-		Close() error
-	}
+	var stdin io.WriteCloser
 	if r.stdinMode == StdinFIFO && cfg.Stdin != "" {
 		w, err := openStdinFIFO(r.bg, cfg.Stdin)
 		if err != nil {
@@ -271,10 +269,7 @@ func (r *Runtime) start(ctx context.Context, h *callHandle) error {
 // feedStdin writes the input into the FIFO, closes it and tells the shim
 // (CloseIO), then records that the input is complete. The goroutine ends
 // when the write ends: done, the program exited (EPIPE), or Close.
-func (r *Runtime) feedStdin(h *callHandle, task client.Task, w interface {
-	Write([]byte) (int, error)
-	Close() error
-}, input []byte) {
+func (r *Runtime) feedStdin(h *callHandle, task client.Task, w io.WriteCloser, input []byte) {
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
@@ -383,44 +378,39 @@ func (r *Runtime) state(ctx context.Context, h *callHandle) (State, error) {
 // (the truth, whatever the events said), usage and the OOM counter from the
 // cgroup (still there until the task is deleted), output tails from disk.
 func (r *Runtime) collect(ctx context.Context, h *callHandle, task client.Task, st client.Status) (*Result, error) {
-	res := &Result{
-		ExitCode:            int32(st.ExitStatus),
-		FinishedAt:          st.ExitTime,
-		StartedAt:           r.startedAt(h.id),
-		OutputLimitExceeded: r.markerExists(h.id, limitMarker),
-		InputIncomplete:     r.markerExists(h.id, inputMarker),
+	res, err := r.nodeResult(h)
+	if err != nil {
+		return nil, err
 	}
+	res.ExitCode, res.FinishedAt = int32(st.ExitStatus), st.ExitTime
 	if st.ExitStatus > 128 && st.ExitStatus < 128+65 {
 		res.Signal = unix.SignalName(syscall.Signal(st.ExitStatus - 128))
 	}
-	m, err := r.metrics(ctx, task)
-	if err == nil {
+	if m, err := r.metrics(ctx, task); err == nil {
 		res.Usage = m.usage
 		res.OOMKilled = m.oomKills > 0
 	}
 	r.mu.Lock()
 	res.OOMKilled = res.OOMKilled || r.oom[h.id]
 	r.mu.Unlock()
-	var terr error
-	if res.Stdout, terr = readTail(filepath.Join(r.callDir(h.id), stdoutFile), r.tailBytes); terr != nil {
-		return nil, fmt.Errorf("read stdout of %s: %w", h.id, terr)
-	}
-	if res.Stderr, terr = readTail(filepath.Join(r.callDir(h.id), stderrFile), r.tailBytes); terr != nil {
-		return nil, fmt.Errorf("read stderr of %s: %w", h.id, terr)
-	}
-	h.mu.Lock()
-	h.result = res
-	h.mu.Unlock()
-	h.markExited()
-	return res, nil
+	return r.keepResult(h, res), nil
 }
 
 // lostResult is the Result of a call whose task containerd discarded after
 // it exited: what the node still knows, the output files and markers.
 func (r *Runtime) lostResult(h *callHandle) (*Result, error) {
+	res, err := r.nodeResult(h)
+	if err != nil {
+		return nil, err
+	}
+	res.ExitStatusLost, res.ExitCode = true, -1
+	return r.keepResult(h, res), nil
+}
+
+// nodeResult is the part of a Result kept on this node's disk: start time,
+// the markers the runtime wrote and the output tails.
+func (r *Runtime) nodeResult(h *callHandle) (*Result, error) {
 	res := &Result{
-		ExitStatusLost:      true,
-		ExitCode:            -1,
 		StartedAt:           r.startedAt(h.id),
 		OutputLimitExceeded: r.markerExists(h.id, limitMarker),
 		InputIncomplete:     r.markerExists(h.id, inputMarker),
@@ -432,11 +422,16 @@ func (r *Runtime) lostResult(h *callHandle) (*Result, error) {
 	if res.Stderr, err = readTail(filepath.Join(r.callDir(h.id), stderrFile), r.tailBytes); err != nil {
 		return nil, fmt.Errorf("read stderr of %s: %w", h.id, err)
 	}
+	return res, nil
+}
+
+// keepResult retains the final Result on the handle and wakes waiters.
+func (r *Runtime) keepResult(h *callHandle, res *Result) *Result {
 	h.mu.Lock()
 	h.result = res
 	h.mu.Unlock()
 	h.markExited()
-	return res, nil
+	return res
 }
 
 // Wait blocks until the call exits (as reported by the event stream, which
