@@ -133,6 +133,7 @@ fi
 
 log "building the manager (from this working tree) and the benchmark"
 go build -o "$tmp/manager" ./cmd/manager
+hack/build-init.sh "$tmp/fnlet-init" # beside the manager, which runs calls under it
 go build -o "$tmp/fnlet-bench" ./test/bench
 
 # CPU accounting of the shared daemons during the load runs.

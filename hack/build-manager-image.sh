@@ -17,6 +17,8 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/etc/ssl/certs" "$root/tmp"
 go build -trimpath -ldflags "-s -w" -o "$root/manager" ./cmd/manager
+# Beside the manager, where it looks for it; it copies it to the node at start.
+"$FNLET_ROOT/hack/build-init.sh" "$root/fnlet-init"
 # Registries are verified against the system CAs (plus --registry-ca).
 [ -f /etc/ssl/certs/ca-certificates.crt ] && cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
 go run ./hack/tools/mkimage -rootfs "$root" -ref "$REF" -out "$out" -entrypoint /manager >/dev/null

@@ -8,6 +8,7 @@ pkgs=(
 	docker-registry skopeo apache2-utils  # a real local registry with htpasswd for pull tests
 	openssl iproute2 iptables conntrack   # control plane certs, node networking
 	containernetworking-plugins psmisc procps curl ca-certificates git
+	gcc libc6-dev                         # fnlet-init, the calls' static PID 1 (hack/build-init.sh)
 )
 # kubectl: the machine image ships one (v1.32); Debian's kubernetes-client
 # conflicts with it, so we only check.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -48,6 +49,7 @@ type options struct {
 	logKeep                                                      int
 	allowHostNetwork, allowPrivileged                            bool
 	stdinFIFO                                                    bool
+	initBinary                                                   string
 	metricsAddr, probeAddr, pprofAddr                            string
 }
 
@@ -77,6 +79,7 @@ func main() {
 	flag.IntVar(&o.logKeep, "log-keep", 1000, "At most this many finished calls' logs are kept.")
 	flag.BoolVar(&o.allowHostNetwork, "allow-host-network", false, "Allow calls with network: host.")
 	flag.BoolVar(&o.allowPrivileged, "allow-privileged", false, "Allow privileged calls.")
+	flag.StringVar(&o.initBinary, "init-binary", "", "fnlet-init, PID 1 of every call, which records exit codes that containerd loses when it restarts (default: fnlet-init beside the manager's executable; \"none\" runs calls without it).")
 	flag.BoolVar(&o.stdinFIFO, "stdin-fifo", false, "Feed input through a FIFO instead of a regular file (fallback).")
 	flag.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "Prometheus metrics address (0 disables).")
 	flag.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Health probe address.")
@@ -90,6 +93,29 @@ func main() {
 		ctrl.Log.Error(err, "manager failed")
 		os.Exit(1)
 	}
+}
+
+// findInit resolves --init-binary: a path must exist; by default the
+// binary beside the manager's executable is used when it is there.
+func findInit(flagValue string) (string, error) {
+	switch flagValue {
+	case "none":
+		return "", nil
+	case "":
+		exe, err := os.Executable()
+		if err != nil {
+			return "", nil
+		}
+		p := filepath.Join(filepath.Dir(exe), "fnlet-init")
+		if _, err := os.Stat(p); err != nil {
+			return "", nil
+		}
+		return p, nil
+	}
+	if _, err := os.Stat(flagValue); err != nil {
+		return "", fmt.Errorf("--init-binary: %w", err)
+	}
+	return flagValue, nil
 }
 
 func run(ctx context.Context, o options) error {
@@ -128,6 +154,15 @@ func run(ctx context.Context, o options) error {
 	}
 	if o.stdinFIFO {
 		rtOpts = append(rtOpts, ctrd.WithStdinMode(ctrd.StdinFIFO))
+	}
+	initBin, err := findInit(o.initBinary)
+	if err != nil {
+		return err
+	}
+	if initBin == "" {
+		log.Info("WARNING: running calls without fnlet-init: a call that ends while containerd is down loses its exit code (RuntimeError)", "flag", "--init-binary")
+	} else {
+		rtOpts = append(rtOpts, ctrd.WithInit(initBin))
 	}
 	if o.registryCA != "" {
 		pem, err := os.ReadFile(o.registryCA)

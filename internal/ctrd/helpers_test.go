@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -33,6 +34,22 @@ func daemonAddress(t testing.TB) string {
 	return addr
 }
 
+// initBinary builds fnlet-init once per test binary: the runtime under test
+// runs calls under it, as the manager does.
+// One fixed directory, rebuilt atomically by each run: nothing piles up.
+var buildInit = sync.OnceValues(func() (string, error) {
+	return testenv.BuildInit(filepath.Join(os.TempDir(), "fnlet-test-init"))
+})
+
+func initBinary(t testing.TB) string {
+	t.Helper()
+	p, err := buildInit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // testRuntime is a Runtime with its Watch loop running, plus the events it saw.
 type testRuntime struct {
 	*Runtime
@@ -47,7 +64,7 @@ func newTestRuntime(t testing.TB, ioRoot string, opts ...Opt) *testRuntime {
 	if ioRoot == "" {
 		ioRoot = t.TempDir()
 	}
-	opts = append([]Opt{WithNamespace(testNS), WithIORoot(ioRoot)}, opts...)
+	opts = append([]Opt{WithNamespace(testNS), WithIORoot(ioRoot), WithInit(initBinary(t))}, opts...)
 	rt, err := New(addr, opts...)
 	if err != nil {
 		t.Fatalf("New: %v", err)

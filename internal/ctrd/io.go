@@ -28,6 +28,7 @@ const (
 	stdinDone     = "stdin-complete" // FIFO mode: input fully written and closed
 	limitMarker   = "output-limit"   // the runtime killed the call for its output
 	inputMarker   = "input-lost"     // FIFO mode: killed on recovery, input not confirmed complete
+	exitFile      = "exit-code"      // written by fnlet-init (see init.go)
 )
 
 // callDir is the IO directory of a container.
@@ -55,6 +56,11 @@ func (r *Runtime) prepareIO(id string, input []byte) (cio.Config, error) {
 	}
 	for _, m := range []string{stdinDone, limitMarker, inputMarker, startedMarker} {
 		os.Remove(filepath.Join(dir, m))
+	}
+	if r.initBinary != "" {
+		if err := prepareExitFile(filepath.Join(dir, exitFile)); err != nil {
+			return cio.Config{}, err
+		}
 	}
 	if len(input) == 0 {
 		return cfg, nil
@@ -154,10 +160,11 @@ func (r *Runtime) startedAt(id string) time.Time {
 	return t
 }
 
-// outputSize is the bytes written to stdout+stderr so far.
+// outputSize is the bytes written to stdout+stderr so far, and to the exit
+// file, which the call can write too: the cap bounds the node's disk.
 func (r *Runtime) outputSize(id string) int64 {
 	var n int64
-	for _, name := range []string{stdoutFile, stderrFile} {
+	for _, name := range []string{stdoutFile, stderrFile, exitFile} {
 		if fi, err := os.Stat(filepath.Join(r.callDir(id), name)); err == nil {
 			n += fi.Size()
 		}

@@ -55,6 +55,10 @@ type Runtime struct {
 	hostsDir     string
 	pollInterval time.Duration
 	policy       Policy
+	// initSource is the fnlet-init to install; initBinary is the installed
+	// copy under ioRoot that containers bind-mount ("" runs calls without).
+	initSource string
+	initBinary string
 
 	// bg outlives single requests (stdin feeders, kill timers); Close ends it.
 	bg     context.Context
@@ -146,6 +150,15 @@ func WithOutputPollInterval(d time.Duration) Opt {
 	return func(r *Runtime) error { r.pollInterval = d; return nil }
 }
 
+// WithInit makes path (a static fnlet-init, see cmd/fnlet-init) PID 1 of
+// every call: it records the program's exit code in the call's directory,
+// where the runtime finds it when containerd lost the task (it discards
+// exited tasks when it restarts). New copies it under the IO root, a path
+// the OCI runtime on the host can bind-mount from.
+func WithInit(path string) Opt {
+	return func(r *Runtime) error { r.initSource = path; return nil }
+}
+
 // New connects to containerd at address. The connection is lazy: New
 // succeeds while the daemon is down, and calls fail until it is up.
 func New(address string, opts ...Opt) (*Runtime, error) {
@@ -169,6 +182,13 @@ func New(address string, opts ...Opt) (*Runtime, error) {
 	}
 	if err := os.MkdirAll(r.ioRoot, 0o700); err != nil {
 		return nil, fmt.Errorf("create IO root %s: %w", r.ioRoot, err)
+	}
+	if r.initSource != "" {
+		bin, err := installInit(r.initSource, r.ioRoot)
+		if err != nil {
+			return nil, err
+		}
+		r.initBinary = bin
 	}
 	c, err := client.New(address, client.WithDefaultNamespace(r.namespace))
 	if err != nil {

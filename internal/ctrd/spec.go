@@ -24,6 +24,10 @@ type Policy struct {
 	AllowPrivileged  bool
 	// OCIRuntime "crun" needs an older spec version on Debian's crun 1.8.
 	OCIRuntime string
+	// InitBinary, when set, is the host path of fnlet-init, run as PID 1
+	// with the call's ExitFile (a host path) to record the exit code in.
+	InitBinary string
+	ExitFile   string
 }
 
 // SpecOpts turns a call and its image config into OCI spec options, one
@@ -67,6 +71,9 @@ func SpecOpts(call Call, img ocispec.ImageConfig, p Policy) ([]oci.SpecOpts, err
 		opts = append(opts, oci.WithPrivileged, oci.WithAllDevicesAllowed, oci.WithHostDevices)
 	} else {
 		opts = append(opts, seccomp.WithDefaultProfile(), oci.WithNoNewPrivileges)
+	}
+	if p.InitBinary != "" {
+		opts = append(opts, withInit(p.InitBinary, p.ExitFile))
 	}
 	if p.OCIRuntime == "crun" {
 		opts = append(opts, withSpecVersion("1.0.2-dev"))

@@ -106,7 +106,8 @@ func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 		}
 	}
 	specOpts, err := SpecOpts(call, ci.config, Policy{AllowHostNetwork: r.policy.AllowHostNetwork,
-		AllowPrivileged: r.policy.AllowPrivileged, OCIRuntime: r.runtime})
+		AllowPrivileged: r.policy.AllowPrivileged, OCIRuntime: r.runtime,
+		InitBinary: r.initBinary, ExitFile: filepath.Join(r.callDir(id), exitFile)})
 	if err != nil {
 		return State{}, fmt.Errorf("run %s: %w", id, err)
 	}
@@ -382,10 +383,8 @@ func (r *Runtime) collect(ctx context.Context, h *callHandle, task client.Task, 
 	if err != nil {
 		return nil, err
 	}
-	res.ExitCode, res.FinishedAt = int32(st.ExitStatus), st.ExitTime
-	if st.ExitStatus > 128 && st.ExitStatus < 128+65 {
-		res.Signal = unix.SignalName(syscall.Signal(st.ExitStatus - 128))
-	}
+	setExit(res, int32(st.ExitStatus))
+	res.FinishedAt = st.ExitTime
 	if m, err := r.metrics(ctx, task); err == nil {
 		res.Usage = m.usage
 		res.OOMKilled = m.oomKills > 0
@@ -397,13 +396,24 @@ func (r *Runtime) collect(ctx context.Context, h *callHandle, task client.Task, 
 }
 
 // lostResult is the Result of a call whose task containerd discarded after
-// it exited: what the node still knows, the output files and markers.
+// it exited: what the node still knows, the output files and markers, and
+// the exit code fnlet-init recorded. Without that record (no init, or the
+// call was SIGKILLed) the exit status is lost. Usage and the OOM counter
+// went with the cgroup.
 func (r *Runtime) lostResult(h *callHandle) (*Result, error) {
 	res, err := r.nodeResult(h)
 	if err != nil {
 		return nil, err
 	}
-	res.ExitStatusLost, res.ExitCode = true, -1
+	if code, at, ok := readExitFile(filepath.Join(r.callDir(h.id), exitFile)); ok {
+		setExit(res, code)
+		res.FinishedAt = at
+		r.mu.Lock()
+		res.OOMKilled = r.oom[h.id]
+		r.mu.Unlock()
+	} else {
+		res.ExitStatusLost, res.ExitCode = true, -1
+	}
 	return r.keepResult(h, res), nil
 }
 

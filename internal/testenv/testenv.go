@@ -3,7 +3,10 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 )
 
@@ -19,4 +22,39 @@ func Missing(t testing.TB, format string, args ...any) {
 		t.Fatalf("required component missing ("+RequireEnv+" is set): "+format, args...)
 	}
 	t.Skipf("skipped: "+format, args...)
+}
+
+// BuildInit builds fnlet-init (cmd/fnlet-init) into dir with the project's
+// script and returns its path. Suites put it beside the manager binary,
+// where the manager looks for it.
+func BuildInit(dir string) (string, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "fnlet-init")
+	cmd := exec.Command("bash", filepath.Join(root, "hack", "build-init.sh"), out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build fnlet-init: %v\n%s", err, b)
+	}
+	return out, nil
+}
+
+// repoRoot is the directory of go.mod above the working directory (go test
+// runs in the package's directory).
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod above the working directory")
+		}
+		dir = parent
+	}
 }

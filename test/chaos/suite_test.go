@@ -120,6 +120,11 @@ func runSuite(m *testing.M) int {
 		fmt.Println("build manager:", err)
 		return 1
 	}
+	// Beside the manager, where it finds it: calls run under fnlet-init.
+	if _, err := testenv.BuildInit(work); err != nil {
+		fmt.Println(err)
+		return 1
+	}
 
 	// A fixed certificate directory: envtest then keeps the serving cert,
 	// the CA and the port across APIServer.Stop/Start (with a random one it

@@ -79,6 +79,11 @@ func runSuite(m *testing.M) int {
 		fmt.Println("build manager:", err)
 		return 1
 	}
+	// Beside the manager, where it finds it: calls run under fnlet-init.
+	if _, err := testenv.BuildInit(work); err != nil {
+		fmt.Println(err)
+		return 1
+	}
 
 	te := &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join(repoRoot(), "config", "crd", "bases")},
