@@ -161,3 +161,31 @@ func TestInitRunsTheProgram(t *testing.T) {
 		t.Errorf("exit file: %d %v", code, ok)
 	}
 }
+
+// TestNewTaskWaitsOutStaleBundle: a bundle directory left by an interrupted
+// create (what containerd keeps for up to ~10 s after a manager died in
+// NewTask) delays the call's start instead of failing it.
+func TestNewTaskWaitsOutStaleBundle(t *testing.T) {
+	rt := newTestRuntime(t, "")
+	// hack/containerd-up.sh puts the daemon's state beside its socket.
+	state := filepath.Join(filepath.Dir(daemonAddress(t)), "state", "io.containerd.runtime.v2.task", testNS)
+	if _, err := os.Stat(filepath.Dir(state)); err != nil {
+		t.Skipf("skipped: containerd's state dir is not beside its socket (not started by hack/containerd-up.sh): %v", err)
+	}
+	call := testCall(t, "-stdout-text", "ran")
+	bundle := filepath.Join(state, ContainerID(call.UID))
+	if err := os.MkdirAll(bundle, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const stale = 1500 * time.Millisecond
+	timer := time.AfterFunc(stale, func() { os.RemoveAll(bundle) })
+	defer timer.Stop()
+	start := time.Now()
+	s := runToExit(t, rt, call)
+	if string(s.Result.Stdout.Data) != "ran\n" {
+		t.Fatalf("result %+v", s.Result)
+	}
+	if waited := time.Since(start); waited < stale {
+		t.Fatalf("ran after %v, before the stale bundle was gone (%v): the test did not test", waited, stale)
+	}
+}

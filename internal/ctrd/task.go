@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 )
@@ -212,7 +214,7 @@ func (r *Runtime) startTask(ctx context.Context, h *callHandle, input []byte) er
 		}
 		stdin = w
 	}
-	task, err := h.container.NewTask(ctx, shimCreator(cfg))
+	task, err := r.newTask(ctx, h, cfg)
 	if errdefs.IsAlreadyExists(err) {
 		// An earlier NewTask whose answer was lost (containerd or the manager
 		// died mid-call) made the task after all. Never started, it is ours to
@@ -250,6 +252,35 @@ func (r *Runtime) startTask(ctx context.Context, h *callHandle, input []byte) er
 		r.feedStdin(h, task, stdin, input)
 	}
 	return nil
+}
+
+// staleBundleWait bounds how long newTask waits for containerd to remove
+// the bundle of an interrupted create (its cleanup gives up after 2×5 s).
+const staleBundleWait = 20 * time.Second
+
+// newTask creates the call's task. When an earlier NewTask for the same ID
+// was cut short (the manager killed mid-RPC), containerd goes on creating
+// and then cleaning up in the background, and until its cleanup is done a
+// new create fails on the bundle directory ("mkdir …: file exists"); that
+// is waited out, bounded, instead of failing the call.
+func (r *Runtime) newTask(ctx context.Context, h *callHandle, cfg cio.Config) (client.Task, error) {
+	deadline := time.Now().Add(staleBundleWait)
+	for {
+		task, err := h.container.NewTask(ctx, shimCreator(cfg))
+		if err == nil || !isStaleBundle(err) || time.Now().After(deadline) {
+			return task, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func isStaleBundle(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "file exists") && strings.Contains(msg, "mkdir")
 }
 
 func (r *Runtime) start(ctx context.Context, h *callHandle) error {
