@@ -64,7 +64,26 @@ type FunctionCallReconciler struct {
 
 	Metrics *Metrics
 
+	// RunningWriteDelay is how long a started call may run before its
+	// Running status is written: a call that exits sooner goes straight to
+	// its final status, one write instead of two. 0 means
+	// DefaultRunningWriteDelay; negative writes Running at once.
+	RunningWriteDelay time.Duration
+
 	finished finishedSet
+	memos    memos
+}
+
+// DefaultRunningWriteDelay: most function calls are short; a call that runs
+// longer shows Running this much later than it started (status.startedAt
+// is still the real start).
+const DefaultRunningWriteDelay = 200 * time.Millisecond
+
+func (r *FunctionCallReconciler) runningWriteDelay() time.Duration {
+	if r.RunningWriteDelay == 0 {
+		return DefaultRunningWriteDelay
+	}
+	return max(r.RunningWriteDelay, 0)
 }
 
 // +kubebuilder:rbac:groups=fnlet.dev,resources=functioncalls,verbs=get;list;watch;patch;delete
@@ -98,7 +117,8 @@ func (r *FunctionCallReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	return r.drive(ctx, fc)
 }
 
-// get finds the call in this node's cache, then among the unassigned.
+// get finds the call in this node's cache, then among the unassigned, and
+// prefers our own latest write where the cache has not caught up with it.
 func (r *FunctionCallReconciler) get(ctx context.Context, key types.NamespacedName) (*fnletv1.FunctionCall, error) {
 	var fc fnletv1.FunctionCall
 	err := r.Client.Get(ctx, key, &fc)
@@ -106,12 +126,22 @@ func (r *FunctionCallReconciler) get(ctx context.Context, key types.NamespacedNa
 		err = r.Unassigned.Get(ctx, key, &fc)
 	}
 	if apierrors.IsNotFound(err) {
-		return nil, nil
+		return r.memos.resolve(key, nil), nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get %s: %w", key, err)
 	}
-	return &fc, nil
+	return r.memos.resolve(key, &fc), nil
+}
+
+// updateStatus writes fc's status and remembers the result (see memos).
+func (r *FunctionCallReconciler) updateStatus(ctx context.Context, fc *fnletv1.FunctionCall) error {
+	before := fc.ResourceVersion
+	if err := r.Client.Status().Update(ctx, fc); err != nil {
+		return err
+	}
+	r.memos.wrote(before, fc)
+	return nil
 }
 
 // claim binds an unassigned call to this node if it may run here and the
@@ -141,14 +171,14 @@ func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.Function
 	fc.Status.LogDir = ""
 	fc.Status.ObservedGeneration = fc.Generation
 	setCondition(fc, fnletv1.ConditionClaimed, metav1.ConditionTrue, "Claimed", "claimed by node "+r.NodeName)
-	if err := r.Client.Status().Update(ctx, fc); err != nil {
+	if err := r.updateStatus(ctx, fc); err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 			return false, ctrl.Result{}, nil // another node won, or it is gone
 		}
 		return false, ctrl.Result{}, fmt.Errorf("claim: %w", err)
 	}
 	r.Metrics.observeClaim(fc)
-	r.event(fc, corev1.EventTypeNormal, "Claimed", "Claim", "Claimed by node %s", r.NodeName)
+	// No Normal Event: status.nodeName and the Claimed condition say it.
 	if w := commandWarning(fc); w != "" {
 		r.event(fc, corev1.EventTypeWarning, "SuspiciousCommand", "Validate", "%s", w)
 	}
@@ -158,9 +188,10 @@ func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.Function
 // hasRoom checks the node's capacity against the calls it already runs.
 func (r *FunctionCallReconciler) hasRoom(ctx context.Context, fc *fnletv1.FunctionCall) (bool, error) {
 	var list fnletv1.FunctionCallList
-	// Read-only walk over the cache: no deep copy of every cached call (with
-	// thousands of finished calls cached, the copies dominated claim time).
-	if err := r.Client.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+	// Only the active calls (an index, see ActiveNodeIndex), read-only: with
+	// thousands of finished calls cached, listing and copying them all
+	// dominated claim time.
+	if err := r.Client.List(ctx, &list, client.MatchingFields{ActiveNodeIndex: r.NodeName}, client.UnsafeDisableDeepCopy); err != nil {
 		return false, fmt.Errorf("list calls: %w", err)
 	}
 	active, mem := 0, int64(0)
@@ -197,11 +228,14 @@ func (r *FunctionCallReconciler) drive(ctx context.Context, fc *fnletv1.Function
 		// up. Acting on the stale copy could start a finished call again.
 		return ctrl.Result{}, nil
 	}
-	if err := r.ensureFinalizer(ctx, fc); err != nil {
-		return ctrl.Result{}, err
-	}
 	retrying := meta.IsStatusConditionTrue(fc.Status.Conditions, conditionRetrying)
-	if fc.Status.Phase != fnletv1.PhaseRunning && !retrying {
+	// An attempt this process started and has not written as Running yet:
+	// the runtime knows how it is doing, no second start.
+	startedAttempt, startedAt := r.memos.pendingStart(fc)
+	if startedAttempt > 0 {
+		fc.Status.Attempts = max(fc.Status.Attempts, startedAttempt)
+	}
+	if fc.Status.Phase != fnletv1.PhaseRunning && !retrying && startedAttempt == 0 {
 		// The cold path: nothing started yet as far as the status knows. Run
 		// is idempotent and resumes a container an earlier attempt left, so
 		// no State round trip first.
@@ -210,16 +244,38 @@ func (r *FunctionCallReconciler) drive(ctx context.Context, fc *fnletv1.Function
 		}
 		return r.start(ctx, fc)
 	}
+	if err := r.ensureFinalizer(ctx, fc); err != nil {
+		return ctrl.Result{}, err
+	}
 	st, err := r.Runtime.State(ctx, string(fc.UID))
 	if err != nil {
 		return r.runtimeFailure(ctx, fc, fmt.Errorf("read state: %w", err))
 	}
 	switch st.Phase {
 	case ctrd.PhaseExited:
-		return r.finish(ctx, fc, st)
+		if startedAttempt == 0 {
+			return r.finish(ctx, fc, st)
+		}
+		// It exited before its Running write was due: the final status
+		// carries the start too.
+		r.applyStarted(fc, st)
+		res, err := r.finish(ctx, fc, st)
+		if fc.IsFinished() && r.finished.has(fc.UID) {
+			r.Metrics.observeStart(fc)
+		}
+		return res, err
 	case ctrd.PhaseRunning:
 		if fc.Status.Phase != fnletv1.PhaseRunning {
-			// Started by an earlier attempt whose status write was lost.
+			if startedAttempt > 0 {
+				if wait := startedAt.Add(r.runningWriteDelay()).Sub(r.Clock.Now()); wait > 0 {
+					if fc.Spec.Cancel || !r.Clock.Now().Before(r.deadline(fc)) {
+						return r.enforceDeadline(ctx, fc) // stop it; the exit writes the rest
+					}
+					return ctrl.Result{RequeueAfter: min(wait, r.deadline(fc).Sub(r.Clock.Now()))}, nil
+				}
+			}
+			// Running longer than the write delay, or started by an earlier
+			// attempt whose status write was lost.
 			if err := r.markRunning(ctx, fc, st); err != nil {
 				return ctrl.Result{}, err
 			}
@@ -228,7 +284,7 @@ func (r *FunctionCallReconciler) drive(ctx context.Context, fc *fnletv1.Function
 	}
 	// No container, or one whose task never started (a crash between
 	// creating it and starting the task): Run resumes the latter.
-	if !retrying {
+	if !retrying || startedAttempt > 0 {
 		return r.runtimeFailure(ctx, fc, errors.New("the container disappeared while the call was running"))
 	}
 	if fc.Spec.Cancel {
@@ -270,6 +326,11 @@ func (r *FunctionCallReconciler) start(ctx context.Context, fc *fnletv1.Function
 		r.Metrics.observePull(r.Clock.Since(pullStart))
 		r.event(fc, corev1.EventTypeNormal, "Pulled", "Pull", "Pulled %s (%s) in %s", info.Ref, info.Digest, r.Clock.Since(pullStart).Round(time.Millisecond))
 	}
+	// The finalizer goes on before there is a container to clean up, not
+	// earlier: a call that fails before it runs needs none.
+	if err := r.ensureFinalizer(ctx, fc); err != nil {
+		return ctrl.Result{}, err
+	}
 	st, err := r.Runtime.Run(ctx, call)
 	if err != nil {
 		if isInvalidArgument(err) {
@@ -281,6 +342,16 @@ func (r *FunctionCallReconciler) start(ctx context.Context, fc *fnletv1.Function
 		// An earlier attempt's container, which exited meanwhile.
 		return r.finish(ctx, fc, st)
 	}
+	if d := r.runningWriteDelay(); d > 0 {
+		// Most calls exit within the delay: their exit event finds this
+		// pending start and writes the final status directly.
+		r.memos.started(fc, fc.Status.Attempts, r.Clock.Now())
+		left := r.deadline(fc).Sub(r.Clock.Now())
+		if fc.Spec.Cancel || left <= 0 {
+			return r.enforceDeadline(ctx, fc)
+		}
+		return ctrl.Result{RequeueAfter: min(d, left)}, nil
+	}
 	if err := r.markRunning(ctx, fc, st); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -288,11 +359,24 @@ func (r *FunctionCallReconciler) start(ctx context.Context, fc *fnletv1.Function
 }
 
 func (r *FunctionCallReconciler) markRunning(ctx context.Context, fc *fnletv1.FunctionCall, st ctrd.State) error {
+	fc.Status.Phase = fnletv1.PhaseRunning
+	r.applyStarted(fc, st)
+	if err := r.updateStatus(ctx, fc); err != nil {
+		return fmt.Errorf("record start: %w", err)
+	}
+	r.memos.clearStart(fc)
+	r.Metrics.observeStart(fc)
+	// No Normal Event: the Started condition and status.startedAt say it.
+	return nil
+}
+
+// applyStarted sets what a started container tells about the call (the
+// Running write, or the final one of a call that exited before it).
+func (r *FunctionCallReconciler) applyStarted(fc *fnletv1.FunctionCall, st ctrd.State) {
 	started := metav1.NewTime(r.Clock.Now())
 	if !st.StartedAt.IsZero() {
 		started = metav1.NewTime(st.StartedAt)
 	}
-	fc.Status.Phase = fnletv1.PhaseRunning
 	fc.Status.StartedAt = &started
 	fc.Status.ContainerID = st.ContainerID
 	fc.Status.LogDir = st.LogDir
@@ -300,12 +384,6 @@ func (r *FunctionCallReconciler) markRunning(ctx context.Context, fc *fnletv1.Fu
 	meta.RemoveStatusCondition(&fc.Status.Conditions, conditionRetrying)
 	setCondition(fc, fnletv1.ConditionImageReady, metav1.ConditionTrue, "ImagePresent", "image "+fc.Spec.Image+" is on the node")
 	setCondition(fc, fnletv1.ConditionStarted, metav1.ConditionTrue, "Started", "container "+st.ContainerID+" started")
-	if err := r.Client.Status().Update(ctx, fc); err != nil {
-		return fmt.Errorf("record start: %w", err)
-	}
-	r.Metrics.observeStart(fc)
-	r.event(fc, corev1.EventTypeNormal, "Started", "Start", "Started container %s", st.ContainerID)
-	return nil
 }
 
 // enforceDeadline stops a running call that is cancelled or past its
@@ -367,6 +445,11 @@ func (r *FunctionCallReconciler) finish(ctx context.Context, fc *fnletv1.Functio
 	if err := r.Runtime.Delete(ctx, string(fc.UID)); err != nil {
 		return ctrl.Result{}, fmt.Errorf("remove container after finish: %w", err)
 	}
+	// The container is gone: let go of the call now rather than in the
+	// reconcile our status write causes.
+	if err := r.removeFinalizer(ctx, fc); err != nil {
+		return ctrl.Result{}, err
+	}
 	return r.ttlResult(ctx, fc)
 }
 
@@ -422,14 +505,14 @@ func (r *FunctionCallReconciler) complete(ctx context.Context, fc *fnletv1.Funct
 	}
 	fc.Status.ObservedGeneration = fc.Generation
 	setCondition(fc, fnletv1.ConditionFinished, metav1.ConditionTrue, string(reason), msg)
-	if err := r.Client.Status().Update(ctx, fc); err != nil {
+	if err := r.updateStatus(ctx, fc); err != nil {
 		return fmt.Errorf("record %s: %w", phase, err)
 	}
 	r.finished.add(fc.UID)
+	r.memos.clearStart(fc)
 	r.Metrics.observeFinish(fc)
-	if phase == fnletv1.PhaseSucceeded {
-		r.event(fc, corev1.EventTypeNormal, string(reason), "Finish", "%s", msg)
-	} else {
+	// A success is in the status; every failure is also a Warning Event.
+	if phase != fnletv1.PhaseSucceeded {
 		r.event(fc, corev1.EventTypeWarning, string(reason), "Finish", "%s", msg)
 	}
 	return nil
@@ -444,7 +527,7 @@ func (r *FunctionCallReconciler) fail(ctx context.Context, fc *fnletv1.FunctionC
 	if err := r.Runtime.Delete(ctx, string(fc.UID)); err != nil {
 		return fmt.Errorf("remove container after failure: %w", err)
 	}
-	return nil
+	return r.removeFinalizer(ctx, fc)
 }
 
 // runtimeFailure retries failures that are not the user's fault, up to
@@ -479,9 +562,10 @@ func (r *FunctionCallReconciler) runtimeFailure(ctx context.Context, fc *fnletv1
 	meta.SetStatusCondition(&fc.Status.Conditions, metav1.Condition{Type: conditionRetrying, Status: metav1.ConditionTrue,
 		Reason: string(fnletv1.ReasonRuntimeError), Message: cause.Error(), ObservedGeneration: fc.Generation,
 		LastTransitionTime: metav1.NewTime(r.Clock.Now())})
-	if err := r.Client.Status().Update(ctx, fc); err != nil {
+	if err := r.updateStatus(ctx, fc); err != nil {
 		return ctrl.Result{}, fmt.Errorf("record retry: %w", err)
 	}
+	r.memos.clearStart(fc)
 	r.event(fc, corev1.EventTypeWarning, "Retrying", "Retry", "attempt %d failed (%v); retrying in %s", fc.Status.Attempts, cause, backoff)
 	return ctrl.Result{RequeueAfter: backoff}, nil
 }
@@ -532,6 +616,7 @@ func (r *FunctionCallReconciler) finalize(ctx context.Context, fc *fnletv1.Funct
 	if !fc.IsFinished() {
 		r.event(fc, corev1.EventTypeNormal, "Deleted", "Delete", "Call deleted while %s: container killed and removed", fc.Status.Phase)
 	}
+	r.memos.clearStart(fc)
 	return r.removeFinalizer(ctx, fc)
 }
 
@@ -539,11 +624,16 @@ func (r *FunctionCallReconciler) ensureFinalizer(ctx context.Context, fc *fnletv
 	if controllerutil.ContainsFinalizer(fc, Finalizer) {
 		return nil
 	}
+	before, status := fc.ResourceVersion, fc.Status.DeepCopy()
 	patch := client.MergeFromWithOptions(fc.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	controllerutil.AddFinalizer(fc, Finalizer)
 	if err := r.Client.Patch(ctx, fc, patch); err != nil {
 		return fmt.Errorf("add finalizer: %w", err)
 	}
+	r.memos.wrote(before, fc)
+	// The patch returns the stored status: keep what this reconcile set
+	// and has yet to write (the attempt count).
+	fc.Status = *status
 	return nil
 }
 
@@ -551,11 +641,17 @@ func (r *FunctionCallReconciler) removeFinalizer(ctx context.Context, fc *fnletv
 	if !controllerutil.ContainsFinalizer(fc, Finalizer) {
 		return nil
 	}
+	before := fc.ResourceVersion
 	patch := client.MergeFrom(fc.DeepCopy())
 	controllerutil.RemoveFinalizer(fc, Finalizer)
-	if err := r.Client.Patch(ctx, fc, patch); err != nil && !apierrors.IsNotFound(err) {
+	if err := r.Client.Patch(ctx, fc, patch); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.memos.forget(fc)
+			return nil
+		}
 		return fmt.Errorf("remove finalizer: %w", err)
 	}
+	r.memos.wrote(before, fc)
 	return nil
 }
 

@@ -88,6 +88,7 @@ func newHarness(t *testing.T, objs ...client.Object) *harness {
 	h.client = fake.NewClientBuilder().
 		WithScheme(testScheme(t)).
 		WithStatusSubresource(&fnletv1.FunctionCall{}).
+		WithIndex(&fnletv1.FunctionCall{}, ActiveNodeIndex, ActiveNode).
 		WithObjects(objs...).
 		WithInterceptorFuncs(interceptor.Funcs{
 			SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, obj client.Object, opts ...client.SubResourceUpdateOption) error {
@@ -121,6 +122,9 @@ func newHarness(t *testing.T, objs ...client.Object) *harness {
 		DefaultTimeout: defaultTimeout,
 		MaxTimeout:     maxTimeout,
 		KillGrace:      killGrace,
+		// The state machine at each step; TestUnitReconcileDefersRunningWrite
+		// covers the default, deferred Running write.
+		RunningWriteDelay: -1,
 	}
 	return h
 }
@@ -293,11 +297,8 @@ func TestUnitReconcileClaim(t *testing.T) {
 			objs:        []client.Object{newCall("a").Obj()},
 			wantClaimed: true,
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
-			wantEvents: []string{
-				"Normal Claimed Claimed by node node-a",
-				"Normal Pulled Pulled " + image,
-				"Normal Started Started container fnlet-uid-a",
-			},
+			// No Normal Events for what the status says; a pull is news.
+			wantEvents:  []string{"Normal Pulled Pulled " + image},
 			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 		},
 		"spec.nodeName of this node": {
@@ -305,7 +306,6 @@ func TestUnitReconcileClaim(t *testing.T) {
 			setup:       func(h *harness) { h.rt.withImages(image) },
 			wantClaimed: true,
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
-			wantEvents:  []string{"Normal Claimed", "Normal Started"},
 			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 		},
 		"spec.nodeName of another node": {
@@ -322,7 +322,6 @@ func TestUnitReconcileClaim(t *testing.T) {
 			setup:       func(h *harness) { h.rt.withImages(image) },
 			wantClaimed: true,
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
-			wantEvents:  []string{"Normal Claimed", "Normal Started"},
 			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 		},
 		"node at MaxCalls: waits for a free slot": {
@@ -339,7 +338,6 @@ func TestUnitReconcileClaim(t *testing.T) {
 			setup:       func(h *harness) { h.r.Capacity.MaxCalls = 1; h.rt.withImages(image) },
 			wantClaimed: true,
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
-			wantEvents:  []string{"Normal Claimed", "Normal Started"},
 			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 		},
 		"memory budget exceeded": {
@@ -357,7 +355,6 @@ func TestUnitReconcileClaim(t *testing.T) {
 			setup:       func(h *harness) { h.r.Capacity.MemoryBudgetBytes = 100 << 20; h.rt.withImages(image) },
 			wantClaimed: true,
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
-			wantEvents:  []string{"Normal Claimed", "Normal Started"},
 			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 		},
 		"another node won the claim race (conflict)": {
@@ -371,11 +368,7 @@ func TestUnitReconcileClaim(t *testing.T) {
 			setup:       func(h *harness) { h.rt.withImages(image) },
 			wantClaimed: true,
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
-			wantEvents: []string{
-				"Normal Claimed",
-				`Warning SuspiciousCommand command[0] "sh -c" contains whitespace`,
-				"Normal Started",
-			},
+			wantEvents:  []string{`Warning SuspiciousCommand command[0] "sh -c" contains whitespace`},
 			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 		},
 	}
@@ -458,7 +451,7 @@ func TestUnitReconcileStart(t *testing.T) {
 	}
 	failedCall := func(reason fnletv1.CallReason, attempts int32) callView {
 		return callView{Phase: fnletv1.PhaseFailed, Reason: reason, NodeName: testNode, Attempts: attempts,
-			Conditions: finishedConds(claimedConds, reason), Finalizers: finalizers}
+			Conditions: finishedConds(claimedConds, reason)}
 	}
 	pullFailed := func(pe fnletv1.PullError) callView {
 		v := failedCall(fnletv1.ReasonImagePullFailed, 1)
@@ -492,7 +485,6 @@ func TestUnitReconcileStart(t *testing.T) {
 			call:        claimedCall("a").Obj(),
 			setup:       func(h *harness) { h.rt.withImages(image) },
 			wantView:    callView{Phase: fnletv1.PhaseRunning, NodeName: testNode, Attempts: 1, Conditions: runningConds, Finalizers: finalizers},
-			wantEvents:  []string{"Normal Started Started container fnlet-uid-a"},
 			wantRuntime: []string{ensure, "Run uid-a"},
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
 		},
@@ -500,7 +492,6 @@ func TestUnitReconcileStart(t *testing.T) {
 			call:        newCall("a").ClaimedBy(testNode).Obj(),
 			setup:       func(h *harness) { h.rt.withImages(image) },
 			wantView:    callView{Phase: fnletv1.PhaseRunning, NodeName: testNode, Attempts: 1, Conditions: runningConds, Finalizers: finalizers},
-			wantEvents:  []string{"Normal Started"},
 			wantRuntime: []string{ensure, "Run uid-a"},
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
 		},
@@ -510,7 +501,7 @@ func TestUnitReconcileStart(t *testing.T) {
 			setup: func(h *harness) { h.rt.withImages(image) },
 			wantView: callView{Phase: fnletv1.PhaseRunning, NodeName: testNode, Attempts: 1,
 				Conditions: runningConds, Finalizers: finalizers},
-			wantEvents:  []string{"Normal Pulled Pulled " + image + " (sha256:0123)", "Normal Started"},
+			wantEvents:  []string{"Normal Pulled Pulled " + image + " (sha256:0123)"},
 			wantRuntime: []string{"EnsureImage " + image + " Always", "Run uid-a"},
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
 			wantRun: func(t *testing.T, _ ctrd.Call, auth ctrd.RegistryAuth) {
@@ -599,7 +590,6 @@ func TestUnitReconcileStart(t *testing.T) {
 			},
 			setup:       func(h *harness) { h.rt.withImages(image) },
 			wantView:    callView{Phase: fnletv1.PhaseRunning, NodeName: testNode, Attempts: 1, Conditions: runningConds, Finalizers: finalizers},
-			wantEvents:  []string{"Normal Started"},
 			wantRuntime: []string{ensure, "Run uid-a"},
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
 			wantRun: func(t *testing.T, call ctrd.Call, _ ctrd.RegistryAuth) {
@@ -711,7 +701,7 @@ func TestUnitReconcileRetriesRuntimeFailures(t *testing.T) {
 	checkResult(t, h.mustReconcile("a"), ctrl.Result{RequeueAfter: defaultTimeout - 6*time.Second})
 	checkView(t, h.mustCall("a"), callView{Phase: fnletv1.PhaseRunning, NodeName: testNode, Attempts: 3, Conditions: runningConds, Finalizers: finalizers})
 	checkRuntime(t, h.rt.recorded(), []string{"State uid-a", ensure, "Run uid-a"})
-	checkEvents(t, h.events(), []string{"Normal Started"})
+	checkEvents(t, h.events(), nil)
 }
 
 func TestUnitReconcileRetriesExhausted(t *testing.T) {
@@ -725,7 +715,7 @@ func TestUnitReconcileRetriesExhausted(t *testing.T) {
 
 	got := h.mustCall("a")
 	checkView(t, got, callView{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonRuntimeError, NodeName: testNode, Attempts: 2,
-		Conditions: finishedConds(claimedConds, fnletv1.ReasonRuntimeError), Finalizers: finalizers})
+		Conditions: finishedConds(claimedConds, fnletv1.ReasonRuntimeError)})
 	checkMessage(t, got, "shim died again")
 	checkEvents(t, h.events(), []string{"Warning Retrying attempt 1", "Warning RuntimeError"})
 	if h.rt.has("uid-a") {
@@ -839,7 +829,6 @@ func TestUnitReconcileFinish(t *testing.T) {
 			res:          ctrd.Result{ExitCode: 0, Stdout: ctrd.Tail{Data: []byte("hello\n"), Size: 6}, Stderr: ctrd.Tail{Data: []byte("tail"), Size: 1 << 20, Truncated: true}, Usage: ctrd.Usage{PeakMemoryBytes: 1 << 20, CPU: 20 * time.Millisecond}},
 			wantView:     finishedView(fnletv1.PhaseSucceeded, fnletv1.ReasonCompleted, 0, ""),
 			wantMessage:  "exited with code 0",
-			wantEvent:    "Normal Completed exited with code 0",
 			wantStdout:   "hello\n",
 			wantStderr:   "tail",
 			wantFinished: now,
@@ -908,7 +897,6 @@ func TestUnitReconcileFinish(t *testing.T) {
 			res:          ctrd.Result{ExitCode: 0, Stdout: ctrd.Tail{Data: []byte("ok \xff\xfe end")}, Stderr: ctrd.Tail{Data: []byte("\xe2\x82")}},
 			wantView:     finishedView(fnletv1.PhaseSucceeded, fnletv1.ReasonCompleted, 0, ""),
 			wantMessage:  "exited with code 0",
-			wantEvent:    "Normal Completed",
 			wantStdout:   "ok \uFFFD end",
 			wantStderr:   "\uFFFD",
 			wantFinished: now,
@@ -916,13 +904,12 @@ func TestUnitReconcileFinish(t *testing.T) {
 		"an exit found while the status still says Pending": {
 			call:         claimedCall("a").Obj(),
 			res:          ctrd.Result{ExitCode: 0, StartedAt: t0.Add(time.Second)},
-			wantView:     callView{Phase: fnletv1.PhaseSucceeded, Reason: fnletv1.ReasonCompleted, ExitCode: ptr.To[int32](0), NodeName: testNode, Attempts: 1, Conditions: finishedConds(claimedConds, fnletv1.ReasonCompleted), Finalizers: finalizers},
+			wantView:     callView{Phase: fnletv1.PhaseSucceeded, Reason: fnletv1.ReasonCompleted, ExitCode: ptr.To[int32](0), NodeName: testNode, Attempts: 1, Conditions: finishedConds(claimedConds, fnletv1.ReasonCompleted)},
 			wantMessage:  "exited with code 0",
-			wantEvent:    "Normal Completed",
 			wantFinished: now,
 			// The attempt that made the container counts, though its write was lost.
 			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a", "Delete uid-a"},
-			wantEvents:  []string{"Normal Pulled", "Normal Completed"},
+			wantEvents:  []string{"Normal Pulled"},
 		},
 	}
 	for name, tc := range cases {
@@ -940,7 +927,11 @@ func TestUnitReconcileFinish(t *testing.T) {
 			got := h.mustCall("a")
 			checkView(t, got, tc.wantView)
 			checkMessage(t, got, tc.wantMessage)
-			wantEvents, wantRuntime := []string{tc.wantEvent}, []string{"State uid-a", "Delete uid-a"}
+			// A success is no Event (the status says it), a failure a Warning.
+			wantEvents, wantRuntime := []string(nil), []string{"State uid-a", "Delete uid-a"}
+			if tc.wantEvent != "" {
+				wantEvents = []string{tc.wantEvent}
+			}
 			if tc.wantEvents != nil {
 				wantEvents = tc.wantEvents
 			}
@@ -979,9 +970,11 @@ func TestUnitReconcileFinish(t *testing.T) {
 	}
 }
 
+// finishedView is a call that ran and finished: its container is removed
+// and its finalizer released in the same reconcile.
 func finishedView(phase fnletv1.CallPhase, reason fnletv1.CallReason, code int32, signal string) callView {
 	return callView{Phase: phase, Reason: reason, ExitCode: &code, Signal: signal, NodeName: testNode, Attempts: 1,
-		Conditions: finishedConds(runningConds, reason), Finalizers: finalizers}
+		Conditions: finishedConds(runningConds, reason)}
 }
 
 // A crash between the status write and the container removal: the next
@@ -1079,7 +1072,7 @@ func TestUnitReconcileRunning(t *testing.T) {
 			clock:      t0.Add(time.Minute),
 			wantResult: ctrl.Result{RequeueAfter: defaultTimeout - time.Minute},
 			wantView:   running,
-			wantEvents: []string{"Normal Pulled", "Normal Started"},
+			wantEvents: []string{"Normal Pulled"},
 			// A Pending call goes straight to Run, which attaches to the running
 			// container: no State round trip, no second container.
 			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
@@ -1095,7 +1088,6 @@ func TestUnitReconcileRunning(t *testing.T) {
 			clock:       t0.Add(time.Second),
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout - time.Second},
 			wantView:    running,
-			wantEvents:  []string{"Normal Started"},
 			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 			wantPhase:   ctrd.PhaseRunning,
 		},
@@ -1103,7 +1095,7 @@ func TestUnitReconcileRunning(t *testing.T) {
 			call:        runningCall("a").Obj(),
 			setup:       func(h *harness) { h.rt.vanish("uid-a") },
 			clock:       t0.Add(time.Minute),
-			wantView:    callView{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonRuntimeError, NodeName: testNode, Attempts: 1, Conditions: finishedConds(runningConds, fnletv1.ReasonRuntimeError), Finalizers: finalizers},
+			wantView:    callView{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonRuntimeError, NodeName: testNode, Attempts: 1, Conditions: finishedConds(runningConds, fnletv1.ReasonRuntimeError)},
 			wantMessage: "disappeared",
 			wantEvents:  []string{"Warning RuntimeError the container disappeared"},
 			wantRuntime: []string{"State uid-a", "Delete uid-a"},
@@ -1133,7 +1125,7 @@ func TestUnitReconcileRunning(t *testing.T) {
 			call:        runningCall("a").Obj(),
 			setup:       func(h *harness) { h.rt.stateErrs["uid-a"] = fmt.Errorf("status: %w", errdefs.ErrUnavailable) },
 			clock:       t0.Add(defaultTimeout),
-			wantView:    callView{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonRuntimeError, NodeName: testNode, Attempts: 1, Conditions: finishedConds(runningConds, fnletv1.ReasonRuntimeError), Finalizers: finalizers},
+			wantView:    callView{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonRuntimeError, NodeName: testNode, Attempts: 1, Conditions: finishedConds(runningConds, fnletv1.ReasonRuntimeError)},
 			wantMessage: "read state",
 			wantEvents:  []string{"Warning RuntimeError"},
 			wantRuntime: []string{"State uid-a", "Delete uid-a"},
@@ -1300,8 +1292,8 @@ func TestUnitReconcileTTL(t *testing.T) {
 	}
 }
 
-// TTL 0 from the exit on: the finishing reconcile deletes the call, the
-// finalizer keeps it until the next reconcile has cleaned up.
+// TTL 0 from the exit on: the finishing reconcile writes the result,
+// removes the container, releases the finalizer and deletes the call.
 func TestUnitReconcileFinishWithTTLZero(t *testing.T) {
 	h := newHarness(t, runningCall("a").TTLSecondsAfterFinished(0).Obj())
 	h.rt.running("uid-a", testNS, "a", t0)
@@ -1309,14 +1301,15 @@ func TestUnitReconcileFinishWithTTLZero(t *testing.T) {
 	h.rt.exit("uid-a", ctrd.Result{ExitCode: 0})
 
 	checkResult(t, h.mustReconcile("a"), ctrl.Result{})
-	got := h.mustCall("a")
-	if got.DeletionTimestamp.IsZero() || got.Status.Phase != fnletv1.PhaseSucceeded {
-		t.Fatalf("want a Succeeded call being deleted, got phase %s deletionTimestamp %v", got.Status.Phase, got.DeletionTimestamp)
+	if h.call("a") != nil {
+		t.Error("call still there after its TTL of 0")
+	}
+	ops := h.log.list()
+	write, del := slices.Index(ops, "status a Succeeded"), slices.Index(ops, "runtime Delete uid-a")
+	if write < 0 || del < 0 || write > del {
+		t.Errorf("want the final status written before the container is deleted; ops: %q", ops)
 	}
 	checkResult(t, h.mustReconcile("a"), ctrl.Result{})
-	if h.call("a") != nil {
-		t.Error("call still there after its finalizer was released")
-	}
 }
 
 // Phases only move forward: a finished call is never run again, whatever

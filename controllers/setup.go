@@ -31,6 +31,9 @@ const NodeNameField = "status.nodeName"
 // node's calls, unassigned is a second cache of calls no node has claimed,
 // and runtimeEvents carries the runtime's exit/OOM hints.
 func (r *FunctionCallReconciler) SetupWithManager(mgr ctrl.Manager, unassigned cache.Cache, runtimeEvents <-chan event.GenericEvent, workers int) error {
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &fnletv1.FunctionCall{}, ActiveNodeIndex, ActiveNode); err != nil {
+		return fmt.Errorf("index %s: %w", ActiveNodeIndex, err)
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&fnletv1.FunctionCall{}).
 		Named("functioncall").
@@ -38,6 +41,20 @@ func (r *FunctionCallReconciler) SetupWithManager(mgr ctrl.Manager, unassigned c
 		WatchesRawSource(source.Channel(runtimeEvents, &handler.EnqueueRequestForObject{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		Complete(r)
+}
+
+// ActiveNodeIndex indexes the cache's calls by the node that runs them,
+// for unfinished calls only: the capacity check lists what is active
+// without walking (and copying) every finished call the cache holds.
+const ActiveNodeIndex = "fnlet.dev/activeNode"
+
+// ActiveNode is the ActiveNodeIndex function.
+func ActiveNode(o client.Object) []string {
+	fc, ok := o.(*fnletv1.FunctionCall)
+	if !ok || fc.Status.NodeName == "" || fc.IsFinished() {
+		return nil
+	}
+	return []string{fc.Status.NodeName}
 }
 
 // RuntimeEvents turns runtime events into reconcile requests. It is a
