@@ -1,6 +1,7 @@
 package ctrd
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -187,5 +188,19 @@ func TestNewTaskWaitsOutStaleBundle(t *testing.T) {
 	}
 	if waited := time.Since(start); waited < stale {
 		t.Fatalf("ran after %v, before the stale bundle was gone (%v): the test did not test", waited, stale)
+	}
+}
+
+func TestIsStaleBundle(t *testing.T) {
+	for msg, want := range map[string]bool{
+		"mkdir /run/containerd/io.containerd.runtime.v2.task/fnlet/fnlet-x: file exists":                                    true,
+		"failed to create shim task: OCI runtime create failed: runc create failed: container with given ID already exists": true,
+		"task fnlet-x: already exists": false, // containerd's own: taken over, not waited for
+		"OCI runtime create failed: exec: \"nope\": executable file not found in $PATH": false,
+		"write /x: file exists on disk": false,
+	} {
+		if got := isStaleBundle(errors.New(msg)); got != want {
+			t.Errorf("%q: %v, want %v", msg, got, want)
+		}
 	}
 }

@@ -260,9 +260,11 @@ const staleBundleWait = 20 * time.Second
 
 // newTask creates the call's task. When an earlier NewTask for the same ID
 // was cut short (the manager killed mid-RPC), containerd goes on creating
-// and then cleaning up in the background, and until its cleanup is done a
-// new create fails on the bundle directory ("mkdir …: file exists"); that
-// is waited out, bounded, instead of failing the call.
+// and then cleaning up in the background. Until that is done a new create
+// fails on the bundle directory ("mkdir …: file exists"), or on the OCI
+// runtime's state of the half-made container ("container with given ID
+// already exists", which the failed create's own cleanup, a shim delete,
+// removes). Both are waited out, bounded, instead of failing the call.
 func (r *Runtime) newTask(ctx context.Context, h *callHandle, cfg cio.Config) (client.Task, error) {
 	deadline := time.Now().Add(staleBundleWait)
 	for {
@@ -280,7 +282,8 @@ func (r *Runtime) newTask(ctx context.Context, h *callHandle, cfg cio.Config) (c
 
 func isStaleBundle(err error) bool {
 	msg := err.Error()
-	return strings.Contains(msg, "file exists") && strings.Contains(msg, "mkdir")
+	return strings.Contains(msg, "mkdir") && strings.Contains(msg, "file exists") ||
+		strings.Contains(msg, "OCI runtime create failed") && strings.Contains(msg, "already exists")
 }
 
 func (r *Runtime) start(ctx context.Context, h *callHandle) error {
