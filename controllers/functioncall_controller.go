@@ -445,6 +445,7 @@ func (r *FunctionCallReconciler) finish(ctx context.Context, fc *fnletv1.Functio
 	if err := r.Runtime.Delete(ctx, string(fc.UID)); err != nil {
 		return ctrl.Result{}, fmt.Errorf("remove container after finish: %w", err)
 	}
+	r.finished.markRemoved(fc.UID)
 	// The container is gone: let go of the call now rather than in the
 	// reconcile our status write causes.
 	if err := r.removeFinalizer(ctx, fc); err != nil {
@@ -527,6 +528,7 @@ func (r *FunctionCallReconciler) fail(ctx context.Context, fc *fnletv1.FunctionC
 	if err := r.Runtime.Delete(ctx, string(fc.UID)); err != nil {
 		return fmt.Errorf("remove container after failure: %w", err)
 	}
+	r.finished.markRemoved(fc.UID)
 	return r.removeFinalizer(ctx, fc)
 }
 
@@ -581,8 +583,12 @@ func retryBackoff(attempts int32) time.Duration {
 // afterFinish removes a finished call's container (if a crash left it) and
 // applies ttlSecondsAfterFinished.
 func (r *FunctionCallReconciler) afterFinish(ctx context.Context, fc *fnletv1.FunctionCall) (ctrl.Result, error) {
-	if err := r.Runtime.Delete(ctx, string(fc.UID)); err != nil {
-		return ctrl.Result{}, fmt.Errorf("remove container of finished call: %w", err)
+	// Skip the runtime round trip when this process removed the container
+	// after writing the result: nothing runs a finished call again.
+	if !r.finished.removed(fc.UID) {
+		if err := r.Runtime.Delete(ctx, string(fc.UID)); err != nil {
+			return ctrl.Result{}, fmt.Errorf("remove container of finished call: %w", err)
+		}
 	}
 	if err := r.removeFinalizer(ctx, fc); err != nil {
 		return ctrl.Result{}, err
@@ -668,11 +674,12 @@ func setCondition(fc *fnletv1.FunctionCall, typ string, status metav1.ConditionS
 }
 
 // finishedSet remembers the calls this process finished, so a reconcile of a
-// stale cached copy never acts on them again. Bounded: the oldest entries go
-// first; by then the cache has long caught up.
+// stale cached copy never acts on them again, and whether it removed their
+// container since. Bounded: the oldest entries go first; by then the cache
+// has long caught up.
 type finishedSet struct {
 	mu    sync.Mutex
-	set   map[types.UID]struct{}
+	set   map[types.UID]bool // true: container removed
 	order []types.UID
 }
 
@@ -682,12 +689,12 @@ func (f *finishedSet) add(uid types.UID) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.set == nil {
-		f.set = map[types.UID]struct{}{}
+		f.set = map[types.UID]bool{}
 	}
 	if _, ok := f.set[uid]; ok {
 		return
 	}
-	f.set[uid] = struct{}{}
+	f.set[uid] = false
 	f.order = append(f.order, uid)
 	if len(f.order) > finishedSetSize {
 		delete(f.set, f.order[0])
@@ -700,4 +707,19 @@ func (f *finishedSet) has(uid types.UID) bool {
 	defer f.mu.Unlock()
 	_, ok := f.set[uid]
 	return ok
+}
+
+// markRemoved records that a finished call's container is gone.
+func (f *finishedSet) markRemoved(uid types.UID) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.set[uid]; ok {
+		f.set[uid] = true
+	}
+}
+
+func (f *finishedSet) removed(uid types.UID) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.set[uid]
 }
