@@ -167,7 +167,7 @@ func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 		return State{}, wrapErr(err, "create container %s", id)
 	}
 	h := r.putHandle(&callHandle{id: id, ref: refFromLabels(labels), container: c, limit: r.limitFor(call), exited: make(chan struct{})})
-	if err := r.startTask(ctx, h, call.Input); err != nil {
+	if err := r.startTask(ctx, h, call.Input, false); err != nil {
 		return State{}, err
 	}
 	return State{Call: h.ref, ContainerID: id, Phase: PhaseRunning, StartedAt: r.startedAt(id), LogDir: r.callDir(id)}, nil
@@ -190,7 +190,9 @@ func (r *Runtime) resume(ctx context.Context, h *callHandle, call Call) (State, 
 			// start it a second time.
 			return r.state(ctx, h)
 		}
-		if err := r.startTask(ctx, h, call.Input); err != nil {
+		// Made by an earlier Run, which may have died in NewTask: containerd
+		// may still be creating or cleaning up that task.
+		if err := r.startTask(ctx, h, call.Input, true); err != nil {
 			return State{}, err
 		}
 	} else if st, err := h.task.Status(ctx); err == nil && st.Status == client.Created {
@@ -201,7 +203,7 @@ func (r *Runtime) resume(ctx context.Context, h *callHandle, call Call) (State, 
 	return r.state(ctx, h)
 }
 
-func (r *Runtime) startTask(ctx context.Context, h *callHandle, input []byte) error {
+func (r *Runtime) startTask(ctx context.Context, h *callHandle, input []byte, resumed bool) error {
 	cfg, err := r.prepareIO(h.id, input)
 	if err != nil {
 		return fmt.Errorf("run %s: %w", h.id, err)
@@ -214,7 +216,7 @@ func (r *Runtime) startTask(ctx context.Context, h *callHandle, input []byte) er
 		}
 		stdin = w
 	}
-	task, err := r.newTask(ctx, h, cfg)
+	task, err := r.newTask(ctx, h, cfg, resumed)
 	if errdefs.IsAlreadyExists(err) {
 		// An earlier NewTask whose answer was lost (containerd or the manager
 		// died mid-call) made the task after all. Never started, it is ours to
@@ -265,11 +267,15 @@ const staleBundleWait = 20 * time.Second
 // runtime's state of the half-made container ("container with given ID
 // already exists", which the failed create's own cleanup, a shim delete,
 // removes). Both are waited out, bounded, instead of failing the call.
-func (r *Runtime) newTask(ctx context.Context, h *callHandle, cfg cio.Config) (client.Task, error) {
+// When resuming a container an earlier Run made, which may have died in
+// NewTask, any failure is retried the same way: that create's late cleanup
+// can also remove the bundle of ours ("no such file or directory").
+func (r *Runtime) newTask(ctx context.Context, h *callHandle, cfg cio.Config, resumed bool) (client.Task, error) {
 	deadline := time.Now().Add(staleBundleWait)
 	for {
 		task, err := h.container.NewTask(ctx, shimCreator(cfg))
-		if err == nil || !isStaleBundle(err) || time.Now().After(deadline) {
+		retry := err != nil && (isStaleBundle(err) || resumed && !errdefs.IsAlreadyExists(err) && !errdefs.IsInvalidArgument(err))
+		if !retry || time.Now().After(deadline) {
 			return task, err
 		}
 		select {
