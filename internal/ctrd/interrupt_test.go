@@ -1,0 +1,119 @@
+package ctrd
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+)
+
+// TestRunAfterInterruptedCreate: a Run cut short at a random moment (the
+// manager killed mid-RPC: containerd sees its context cancelled) and then
+// resumed by a new runtime (the restarted manager) runs the call exactly
+// once, whatever state containerd's create and cleanup were left in.
+func TestRunAfterInterruptedCreate(t *testing.T) {
+	ioRoot := t.TempDir()
+	n := 12
+	if testing.Short() {
+		n = 4
+	}
+	var ids []string
+	for i := range n {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			rt1 := newTestRuntime(t, ioRoot)
+			call := testCall(t, "-stdout-text", "once")
+			ids = append(ids, ContainerID(call.UID))
+			ctx := ctxTimeout(t, 60*time.Second)
+			if _, err := rt1.EnsureImage(ctx, call.Image, PullNever, nil); err != nil {
+				t.Fatal(err)
+			}
+			cut, cancel := context.WithTimeout(ctx, time.Duration(5+rand.IntN(120))*time.Millisecond)
+			_, err := rt1.Run(cut, call)
+			cancel()
+			t.Logf("interrupted Run: %v", err)
+			rt1.stop()
+
+			rt2 := newTestRuntime(t, ioRoot)
+			if _, err := rt2.Run(ctx, call); err != nil {
+				t.Fatalf("resumed Run: %v", err)
+			}
+			s, err := rt2.Wait(ctx, call.UID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.Result.ExitCode != 0 || string(s.Result.Stdout.Data) != "once\n" {
+				t.Fatalf("result %+v stdout %q", s.Result, s.Result.Stdout.Data)
+			}
+			mustDelete(t, rt2, call.UID)
+		})
+	}
+	// containerd finishes the interrupted creates' cleanup in the
+	// background (its timeouts are 2×5 s): wait for it, bounded.
+	var left []string
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		if left = leftovers(t, ids); len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(left) > 0 {
+		t.Fatalf("left behind: %v", left)
+	}
+}
+
+// leftovers lists what containerd and the host still hold of the given
+// containers: containers, tasks, snapshots, leases and shim processes.
+func leftovers(t *testing.T, ids []string) []string {
+	t.Helper()
+	c, ctx := rawClient(t)
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	var out []string
+	for _, id := range ids {
+		if _, err := c.LoadContainer(ctx, id); err == nil {
+			out = append(out, "container "+id)
+		}
+		if err := c.SnapshotService("overlayfs").Remove(ctx, id); err == nil {
+			out = append(out, "snapshot "+id)
+		}
+	}
+	tasks, err := c.TaskService().List(ctx, &tasksapi.ListTasksRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tk := range tasks.Tasks {
+		if want[tk.ID] {
+			out = append(out, "task "+tk.ID)
+		}
+	}
+	ls, err := c.LeasesService().List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ls {
+		if want[l.ID] {
+			out = append(out, "lease "+l.ID)
+		}
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == "-id" && want[args[i+1]] && strings.Contains(args[0], "containerd-shim") {
+				out = append(out, "shim "+filepath.Base(filepath.Dir(p))+" of "+args[i+1])
+			}
+		}
+	}
+	return out
+}
