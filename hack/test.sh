@@ -69,3 +69,6 @@ FNLET_CONTAINERD_ADDRESS=$(start_containerd 1.6) go test -count=1 -timeout 15m .
 
 step "e2e: real single-node cluster, fnlet as a DaemonSet, kubectl like a user"
 "$FNLET_ROOT/hack/e2e.sh"
+
+step "chaos: faults injected, with its own containerd (make chaos)"
+"$FNLET_ROOT/hack/chaos.sh"
