@@ -44,7 +44,8 @@ disabled_plugins = [$cri]
 CFG
 logf=$FNLET_LOGS/containerd-$FNLET_CONTAINERD.log
 # setsid: the daemon must not die with the shell that started it.
-setsid "$bin" --config "$CTRD_DIR/config.toml" >>"$logf" 2>&1 </dev/null &
+# 8>&- 9>&-: never inherit a caller's flock (bench.sh, build-images.sh).
+setsid "$bin" --config "$CTRD_DIR/config.toml" >>"$logf" 2>&1 </dev/null 8>&- 9>&- &
 echo $! >"$CTRD_PID"
 if ! WAIT_SECS=30 wait_for ctr_cmd version; then
 	tail -20 "$logf" >&2

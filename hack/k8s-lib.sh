@@ -67,9 +67,9 @@ start_daemon() {
 	shift 2
 	mkdir -p "$(dirname "$pidfile")" "$FNLET_LOGS"
 	printf '\n==== %s starting %s\n' "$(date -Is)" "$*" >>"$FNLET_LOGS/$name.log"
-	# 9>&-: fd 9 is the scripts' flock; a daemon inheriting it would hold the
-	# lock forever and block the next up/down.
-	setsid "$@" >>"$FNLET_LOGS/$name.log" 2>&1 </dev/null 9>&- &
+	# 8>&- 9>&-: the scripts' flocks (9: up/down, 8: bench.sh); a daemon
+	# inheriting one would hold that lock for its whole life.
+	setsid "$@" >>"$FNLET_LOGS/$name.log" 2>&1 </dev/null 8>&- 9>&- &
 	echo $! >"$pidfile"
 	log "started $name (pid $!, log $FNLET_LOGS/$name.log)"
 }

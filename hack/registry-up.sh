@@ -135,7 +135,7 @@ if ! registry_alive; then
 	rm -f "$REG_PID" "$REG_ENV"
 	port_taken && die "$ADDR is in use by another process; set FNLET_REGISTRY_PORT"
 	# setsid: the registry must not die with the shell that started it.
-	setsid docker-registry serve "$REG_STATE/config.yml" >>"$REG_LOG" 2>&1 </dev/null &
+	setsid docker-registry serve "$REG_STATE/config.yml" >>"$REG_LOG" 2>&1 </dev/null 8>&- 9>&- &
 	echo $! >"$REG_PID"
 	# Up when /v2/ answers 401 (auth required); give up early if it died.
 	for _ in $(seq 100); do
