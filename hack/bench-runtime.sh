@@ -36,7 +36,8 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 go build -o "$tmp/runtime-bench" ./test/bench
+hack/build-init.sh "$tmp/fnlet-init" # the runtime runs calls under it, as the manager does
 
 "$tmp/runtime-bench" -address "$addr" -namespace "$ns" \
-	-n "${BENCH_N:-30}" -runtime "${BENCH_RUNTIME:-runc}" \
+	-n "${BENCH_N:-30}" -runtime "${BENCH_RUNTIME:-runc}" -init "$tmp/fnlet-init" \
 	-out "$FNLET_ROOT/bench-results" "$@"

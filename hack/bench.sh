@@ -147,7 +147,7 @@ rc=0
 "$tmp/fnlet-bench" -address "$SOCK" -namespace "$DIRECT_NS" -modes "$modes" \
 	-kubeconfig "$KUBECONFIG" -node "$NODE" -manager "$tmp/manager" -manager-namespace "$NS" \
 	-manager-log "$FNLET_LOGS/bench-manager.log" -containerd-state "$CTRD_DIR/state" -max-calls 64 -procs "$procs" \
-	-n "${BENCH_N:-100}" -runtime "${BENCH_RUNTIME:-runc}" -duration "${BENCH_DURATION:-60s}" \
+	-n "${BENCH_N:-100}" -runtime "${BENCH_RUNTIME:-runc}" -init "$tmp/fnlet-init" -duration "${BENCH_DURATION:-60s}" \
 	-throughput "${BENCH_THROUGHPUT-8,32}" -profile-seconds "${BENCH_PROFILE_SECONDS:-20}" -profile-out "$profile" \
 	-cache-calls "${BENCH_CACHE_CALLS:-10000}" -manager-args "${BENCH_MANAGER_ARGS:-}" \
 	-timeout "${BENCH_TIMEOUT:-40m}" -out "$FNLET_ROOT/bench-results" "${pod_args[@]}" "$@" || rc=$?

@@ -53,6 +53,7 @@ type config struct {
 	N          int      `json:"n"`
 	Warmup     int      `json:"warmup"`
 	Runtime    string   `json:"runtime"`
+	Init       string   `json:"init,omitempty"`
 	Ctr        string   `json:"ctr"`
 	CtrVersion string   `json:"ctrVersion"`
 	Daemon     string   `json:"daemonVersion"`
@@ -143,6 +144,7 @@ func main() {
 	flag.IntVar(&cfg.N, "n", envInt("BENCH_N", 30), "measured sequential calls per way (default $BENCH_N or 30)")
 	flag.IntVar(&cfg.Warmup, "warmup", 3, "unmeasured rounds first")
 	flag.StringVar(&cfg.Runtime, "runtime", "runc", "OCI runtime binary: runc or crun")
+	flag.StringVar(&cfg.Init, "init", "", "fnlet-init for the ctrd way (as the manager runs calls); empty runs without")
 	flag.StringVar(&cfg.Ctr, "ctr", "auto", "ctr binary; auto picks the one matching the daemon version")
 	flag.StringVar(&modes, "modes", "ctrd,raw,ctr", "ways to measure, comma-separated: fnlet, pod, ctrd, raw, ctr, or raw+KNOB+... (knobs spec, seccomp, files, kill, metrics, load: see rawWay)")
 	flag.StringVar(&out, "out", "bench-results", "directory for the JSON results")

@@ -40,7 +40,11 @@ func newCtrdWay(ctx context.Context, cfg config) (*ctrdWay, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt, err := ctrd.New(cfg.Address, ctrd.WithNamespace(cfg.Namespace), ctrd.WithIORoot(ioRoot), ctrd.WithOCIRuntime(cfg.Runtime))
+	opts := []ctrd.Opt{ctrd.WithNamespace(cfg.Namespace), ctrd.WithIORoot(ioRoot), ctrd.WithOCIRuntime(cfg.Runtime)}
+	if cfg.Init != "" {
+		opts = append(opts, ctrd.WithInit(cfg.Init))
+	}
+	rt, err := ctrd.New(cfg.Address, opts...)
 	if err != nil {
 		os.RemoveAll(ioRoot)
 		return nil, err
