@@ -248,7 +248,7 @@ func run(ctx context.Context, o options) error {
 	if err := mgr.AddReadyzCheck("containerd", func(*http.Request) error { return rt.Ping(context.Background()) }); err != nil {
 		return err
 	}
-	log.Info("starting manager", "node", o.nodeName, "containerd", o.containerdAddress, "namespace", o.containerdNamespace, "runtime", o.ociRuntime)
+	log.Info("starting manager", "node", o.nodeName, "containerd", o.containerdAddress, "namespace", o.containerdNamespace, "runtime", o.ociRuntime, "init", initBin)
 	return mgr.Start(ctx)
 }
 
