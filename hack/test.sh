@@ -41,9 +41,11 @@ export KUBEBUILDER_ASSETS
 
 # start_containerd VERSION: a private daemon with the test images imported
 # into the namespaces the tests use.
+# start_containerd V prints the socket, so it runs in $(...): the caller
+# records what it starts (a subshell's started+= would be lost).
+note_started() { pid_alive "$FNLET_RUN/containerd-$1/pid" || started+=("containerd-$1"); }
 start_containerd() {
 	local v=$1
-	pid_alive "$FNLET_RUN/containerd-$v/pid" || started+=("containerd-$v")
 	FNLET_CONTAINERD=$v "$FNLET_ROOT/hack/containerd-up.sh" >/dev/null
 	FNLET_CONTAINERD=$v "$FNLET_ROOT/hack/build-images.sh" >/dev/null
 	for ns in fnlet-test fnlet-it; do
@@ -53,6 +55,7 @@ start_containerd() {
 }
 
 step "containerd 2.x (built from Go modules) + test images"
+note_started 2
 FNLET_CONTAINERD_ADDRESS=$(start_containerd 2)
 export FNLET_CONTAINERD_ADDRESS
 
@@ -65,6 +68,7 @@ step "all Go tests on containerd 2.x: unit, runtime, API admission, integration"
 go test -count=1 -timeout 30m $(go list ./... | grep -v /test/e2e)
 
 step "runtime tests on Debian's containerd 1.6 (compatibility)"
+note_started 1.6
 FNLET_CONTAINERD_ADDRESS=$(start_containerd 1.6) go test -count=1 -timeout 15m ./internal/ctrd/...
 
 step "e2e: real single-node cluster, fnlet as a DaemonSet, kubectl like a user"
