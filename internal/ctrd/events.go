@@ -78,12 +78,13 @@ func (r *Runtime) dispatch(ctx context.Context, q *serialQueue, env *events.Enve
 	}
 	var id string
 	var kind EventKind
+	var pid uint32
 	switch e := v.(type) {
 	case *eventstypes.TaskExit:
 		if e.ID != e.ContainerID { // an exec'd process, not the call's init
 			return
 		}
-		id, kind = e.ContainerID, EventExit
+		id, kind, pid = e.ContainerID, EventExit, e.Pid
 	case *eventstypes.TaskOOM:
 		id, kind = e.ContainerID, EventOOM
 	default:
@@ -109,7 +110,12 @@ func (r *Runtime) dispatch(ctx context.Context, q *serialQueue, env *events.Enve
 				return // deleted meanwhile
 			}
 		}
-		if kind == EventExit {
+		// Only the exit of the task this handle holds ends the wait (and
+		// the kill escalation): containerd's late cleanup of an interrupted
+		// create publishes an exit for the same container ID while the task
+		// made after it runs. Handlers get the event either way and read
+		// State for the truth.
+		if kind == EventExit && h.isTask(pid) {
 			h.markExited()
 		}
 		fn(Event{Kind: kind, Call: h.ref})

@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	eventstypes "github.com/containerd/containerd/api/events"
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // TestRunAfterInterruptedCreate: a Run cut short at a random moment (the
@@ -47,6 +49,9 @@ func TestRunAfterInterruptedCreate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if s.Phase != PhaseExited {
+				t.Fatalf("Wait returned phase %s", s.Phase)
+			}
 			if s.Result.ExitCode != 0 || string(s.Result.Stdout.Data) != "once\n" {
 				t.Fatalf("result %+v stdout %q", s.Result, s.Result.Stdout.Data)
 			}
@@ -64,6 +69,38 @@ func TestRunAfterInterruptedCreate(t *testing.T) {
 	if len(left) > 0 {
 		t.Fatalf("left behind: %v", left)
 	}
+}
+
+// TestStaleExitEventIgnored: an exit event for the call's container ID
+// that is not its task's (containerd's late cleanup of an interrupted
+// create publishes one) neither ends Wait nor the kill escalation.
+func TestStaleExitEventIgnored(t *testing.T) {
+	rt := newTestRuntime(t, "")
+	ctx := ctxTimeout(t, 60*time.Second)
+	call := testCall(t, "-sleep", "1500ms", "-stdout-text", "done")
+	mustRun(t, rt, call)
+	c, cctx := rawClient(t)
+	id := ContainerID(call.UID)
+	start := time.Now()
+	if err := c.EventService().Publish(cctx, "/tasks/exit", &eventstypes.TaskExit{
+		ContainerID: id, ID: id, Pid: 1 << 30, ExitStatus: 255, ExitedAt: timestamppb.Now(),
+	}); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	s, err := rt.Wait(ctx, call.UID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Phase != PhaseExited || time.Since(start) < time.Second {
+		t.Fatalf("Wait returned phase %s after %v: the stale exit ended it", s.Phase, time.Since(start))
+	}
+	if s.Result.ExitCode != 0 || string(s.Result.Stdout.Data) != "done\n" {
+		t.Fatalf("result %+v", s.Result)
+	}
+	if n := rt.eventsFor(call.UID, EventExit); n < 1 {
+		t.Errorf("%d exit events reached the handler", n)
+	}
+	mustDelete(t, rt, call.UID)
 }
 
 // leftovers lists what containerd and the host still hold of the given

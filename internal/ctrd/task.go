@@ -50,6 +50,12 @@ func (h *callHandle) markExited() {
 	})
 }
 
+// isTask reports whether pid is the init process of the handle's task.
+func (h *callHandle) isTask(pid uint32) bool {
+	t := h.getTask()
+	return t != nil && t.Pid() == pid
+}
+
 func (h *callHandle) getTask() client.Task {
 	h.mu.Lock()
 	defer h.mu.Unlock()
