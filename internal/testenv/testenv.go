@@ -58,3 +58,22 @@ func repoRoot() (string, error) {
 		dir = parent
 	}
 }
+
+// BuildManager builds the manager binary into dir, with fnlet-init beside
+// it (where the manager finds it), and returns the manager's path.
+func BuildManager(dir string) (string, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "manager")
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/manager")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build manager: %v\n%s", err, b)
+	}
+	if _, err := BuildInit(dir); err != nil {
+		return "", err
+	}
+	return out, nil
+}

@@ -112,16 +112,7 @@ func runSuite(m *testing.M) int {
 	defer os.RemoveAll(work)
 	env.workDir = work
 
-	env.managerBin = filepath.Join(work, "manager")
-	build := exec.Command("go", "build", "-o", env.managerBin, "./cmd/manager")
-	build.Dir = repoRoot()
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Println("build manager:", err)
-		return 1
-	}
-	// Beside the manager, where it finds it: calls run under fnlet-init.
-	if _, err := testenv.BuildInit(work); err != nil {
+	if env.managerBin, err = testenv.BuildManager(work); err != nil {
 		fmt.Println(err)
 		return 1
 	}
