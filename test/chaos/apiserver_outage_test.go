@@ -98,13 +98,7 @@ func TestAPIServerOutage(t *testing.T) {
 		}
 		lastStatus = max(lastStatus, o.finishedAt(name).Sub(up))
 	}
-	rw := o.rewrites()
-	r.Bad = len(bad) + len(rw)
-	logList(t, "wrong statuses", bad)
-	logList(t, "final statuses rewritten", rw)
-	var dups []string
-	r.Dups, dups = duplicates(o, names)
-	logList(t, "calls run more than once (containerd /tasks/start)", dups)
+	r.tally(t, o, names, bad)
 	r.notef("%d of %d calls ended on the node during the outage (by their finishedAt); every final status was written within %.1fs of the apiserver's return", endedDuringOutage, n, lastStatus.Seconds())
 	if endedDuringOutage == 0 {
 		t.Errorf("no call ended during the outage: the test did not exercise it")

@@ -225,13 +225,7 @@ func TestBadInput(t *testing.T) {
 		}
 		r.notef("%s → %s/%s pullError=%q exit=%v: %q", bc.name, f.Status.Phase, f.Status.Reason, f.Status.PullError, exitOf(f), clip(f.Status.Message))
 	}
-	rw := o.rewrites()
-	r.Bad = len(bad) + len(rw)
-	logList(t, "wrong statuses", bad)
-	logList(t, "final statuses rewritten", rw)
-	var dups []string
-	r.Dups, dups = duplicates(o, names)
-	logList(t, "calls run more than once (containerd /tasks/start)", dups)
+	r.tally(t, o, names, bad)
 
 	if held := waitReleased(ns, names, time.Minute); len(held) > 0 {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)

@@ -395,6 +395,19 @@ func key(ns, name string) types.NamespacedName {
 	return types.NamespacedName{Namespace: ns, Name: name}
 }
 
+// tally scores a row's calls: wrong statuses (bad, plus final statuses
+// rewritten after they were final) and calls run more than once.
+func (r *row) tally(t *testing.T, o *observer, names, bad []string) {
+	t.Helper()
+	rw := o.rewrites()
+	r.Bad = len(bad) + len(rw)
+	logList(t, "wrong statuses", bad)
+	logList(t, "final statuses rewritten", rw)
+	var dups []string
+	r.Dups, dups = duplicates(o, names)
+	logList(t, "calls run more than once (containerd /tasks/start)", dups)
+}
+
 func logList(t *testing.T, what string, items []string) {
 	t.Helper()
 	if len(items) == 0 {

@@ -89,13 +89,7 @@ func TestContainerdRestarts(t *testing.T) {
 	if len(lostExit) > 0 {
 		r.notef("%d calls lost their exit status: containerd reaps, on restart, the shim of every task without processes (containerd#6860's cleanup), exit status included, and fnlet-init's record of it was missing (counted as wrong statuses)", len(lostExit))
 	}
-	rw := o.rewrites()
-	r.Bad = len(bad) + len(rw)
-	logList(t, "wrong statuses", bad)
-	logList(t, "final statuses rewritten", rw)
-	var dups []string
-	r.Dups, dups = duplicates(o, names)
-	logList(t, "calls run more than once (containerd /tasks/start)", dups)
+	r.tally(t, o, names, bad)
 
 	after := m.metric("fnlet_event_stream_reconnects_total")
 	r.notef("fnlet_event_stream_reconnects_total %v → %v", before, after)
@@ -200,13 +194,7 @@ func TestContainerdDownPastTimeout(t *testing.T) {
 			msgs = append(msgs, f.Status.Message)
 		}
 	}
-	rw := o.rewrites()
-	r.Bad = len(bad) + len(rw)
-	logList(t, "wrong statuses", bad)
-	logList(t, "final statuses rewritten", rw)
-	var dups []string
-	r.Dups, dups = duplicates(o, names)
-	logList(t, "calls run more than once", dups)
+	r.tally(t, o, names, bad)
 	r.notef("containerd down %.0fs (call timeout %s); the manager restarted meantime", up.Sub(down).Seconds(), timeout)
 	r.notef("running calls ended %v; calls claimed while down → RuntimeError, never started; last final status %+.1fs from containerd's return", reasons, slowest.Seconds())
 	if len(msgs) > 0 {

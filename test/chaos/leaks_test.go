@@ -147,17 +147,11 @@ func TestLeaks(t *testing.T) {
 	}
 	sort.Strings(stuck)
 	logList(t, "calls that never finished (12 min budget)", o.describeMissing(stuck))
-	rw := o.rewrites()
-	r.Bad = len(bad) + len(rw)
-	logList(t, "wrong statuses", bad)
-	logList(t, "final statuses rewritten", rw)
 	var names []string
 	for _, c := range calls {
 		names = append(names, c.name)
 	}
-	var dups []string
-	r.Dups, dups = duplicates(o, names)
-	logList(t, "calls run more than once (containerd /tasks/start)", dups)
+	r.tally(t, o, names, bad)
 	var mix []string
 	for _, k := range leakMix {
 		mix = append(mix, fmt.Sprintf("%s %d", k.kind, kinds[k.kind]))

@@ -76,14 +76,7 @@ func TestManagerCrashes(t *testing.T) {
 			bad = append(bad, want[name].check(f, m.logDir)...)
 		}
 	}
-	rw := o.rewrites()
-	r.Bad = len(bad) + len(rw)
-	logList(t, "wrong statuses", bad)
-	logList(t, "final statuses rewritten", rw)
-
-	var dups []string
-	r.Dups, dups = duplicates(o, names)
-	logList(t, "calls run more than once (containerd /tasks/start)", dups)
+	r.tally(t, o, names, bad)
 	if started := startCount(o, names); started != n-len(missing) {
 		t.Errorf("containerd saw %d of %d calls start", started, n)
 	}
