@@ -54,7 +54,9 @@ type Runtime struct {
 	registryTLS  *tls.Config
 	hostsDir     string
 	pollInterval time.Duration
-	policy       Policy
+	// createTimeout bounds one NewTask (see shim.go).
+	createTimeout time.Duration
+	policy        Policy
 	// initSource is the fnlet-init to install; initBinary is the installed
 	// copy under ioRoot that containers bind-mount ("" runs calls without).
 	initSource string
@@ -150,6 +152,13 @@ func WithOutputPollInterval(d time.Duration) Opt {
 	return func(r *Runtime) error { r.pollInterval = d; return nil }
 }
 
+// WithCreateTimeout bounds one task create (default 30s). A create that
+// takes longer is retried once with a new shim (see moveShim); a create
+// that times out again fails the Run.
+func WithCreateTimeout(d time.Duration) Opt {
+	return func(r *Runtime) error { r.createTimeout = d; return nil }
+}
+
 // WithInit makes path (a static fnlet-init, see cmd/fnlet-init) PID 1 of
 // every call: it records the program's exit code in the call's directory,
 // where the runtime finds it when containerd lost the task (it discards
@@ -163,17 +172,18 @@ func WithInit(path string) Opt {
 // succeeds while the daemon is down, and calls fail until it is up.
 func New(address string, opts ...Opt) (*Runtime, error) {
 	r := &Runtime{
-		namespace:    "fnlet",
-		runtime:      "runc",
-		snapshot:     "overlayfs",
-		ioRoot:       "/var/lib/fnlet/calls",
-		outputLimit:  64 << 20,
-		tailBytes:    4096,
-		killGrace:    10 * time.Second,
-		pollInterval: 200 * time.Millisecond,
-		calls:        map[string]*callHandle{},
-		oom:          map[string]bool{},
-		leased:       map[string]bool{},
+		namespace:     "fnlet",
+		runtime:       "runc",
+		snapshot:      "overlayfs",
+		ioRoot:        "/var/lib/fnlet/calls",
+		outputLimit:   64 << 20,
+		tailBytes:     4096,
+		killGrace:     10 * time.Second,
+		pollInterval:  200 * time.Millisecond,
+		createTimeout: 30 * time.Second,
+		calls:         map[string]*callHandle{},
+		oom:           map[string]bool{},
+		leased:        map[string]bool{},
 	}
 	for _, o := range opts {
 		if err := o(r); err != nil {

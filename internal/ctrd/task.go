@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 )
 
@@ -276,10 +277,34 @@ const staleBundleWait = 20 * time.Second
 // When resuming a container an earlier Run made, which may have died in
 // NewTask, any failure is retried the same way: that create's late cleanup
 // can also remove the bundle of ours ("no such file or directory").
+// A create that does not answer within createTimeout is most likely talking
+// to a shim stuck before it ever served (see shim.go): the container moves
+// to a shim of its own and the create is tried once more.
 func (r *Runtime) newTask(ctx context.Context, h *callHandle, cfg cio.Config, resumed bool) (client.Task, error) {
 	deadline := time.Now().Add(staleBundleWait)
+	moved := false
 	for {
-		task, err := h.container.NewTask(ctx, shimCreator(cfg))
+		tctx, cancel := context.WithTimeout(ctx, r.createTimeout)
+		task, err := h.container.NewTask(tctx, shimCreator(cfg))
+		timedOut := err != nil && tctx.Err() == context.DeadlineExceeded && ctx.Err() == nil
+		cancel()
+		if timedOut {
+			if moved {
+				return nil, fmt.Errorf("containerd did not create the task within %s, twice (the second time with a new shim): %w", r.createTimeout, err)
+			}
+			group, merr := r.moveShim(ctx, h)
+			if merr != nil {
+				return nil, fmt.Errorf("containerd did not create the task within %s: %w", r.createTimeout, merr)
+			}
+			killed := r.reapStuckShim(h.id)
+			log.G(ctx).WithField("id", h.id).WithField("group", group).WithField("killed", killed).
+				Warnf("fnlet: task create got no answer within %s; retrying with a new shim", r.createTimeout)
+			// containerd now cleans up the create given up on: its bundle
+			// is in the way for a while, like after an interrupted create.
+			moved, resumed = true, true
+			deadline = time.Now().Add(staleBundleWait)
+			continue
+		}
 		retry := err != nil && (isStaleBundle(err) || resumed && !errdefs.IsAlreadyExists(err) && !errdefs.IsInvalidArgument(err))
 		if !retry || time.Now().After(deadline) {
 			return task, err
