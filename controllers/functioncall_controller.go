@@ -151,7 +151,7 @@ func (r *FunctionCallReconciler) updateStatus(ctx context.Context, fc *fnletv1.F
 func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.FunctionCall) (bool, ctrl.Result, error) {
 	if !fc.DeletionTimestamp.IsZero() {
 		// Never ours, no container: just let it go.
-		return false, ctrl.Result{}, r.removeFinalizer(ctx, fc)
+		return false, ctrl.Result{}, r.release(ctx, fc)
 	}
 	if fc.Spec.NodeName != "" && fc.Spec.NodeName != r.NodeName {
 		return false, ctrl.Result{}, nil
@@ -448,7 +448,7 @@ func (r *FunctionCallReconciler) finish(ctx context.Context, fc *fnletv1.Functio
 	r.finished.markRemoved(fc.UID)
 	// The container is gone: let go of the call now rather than in the
 	// reconcile our status write causes.
-	if err := r.removeFinalizer(ctx, fc); err != nil {
+	if err := r.release(ctx, fc); err != nil {
 		return ctrl.Result{}, err
 	}
 	return r.ttlResult(ctx, fc)
@@ -529,7 +529,7 @@ func (r *FunctionCallReconciler) fail(ctx context.Context, fc *fnletv1.FunctionC
 		return fmt.Errorf("remove container after failure: %w", err)
 	}
 	r.finished.markRemoved(fc.UID)
-	return r.removeFinalizer(ctx, fc)
+	return r.release(ctx, fc)
 }
 
 // runtimeFailure retries failures that are not the user's fault, up to
@@ -590,7 +590,7 @@ func (r *FunctionCallReconciler) afterFinish(ctx context.Context, fc *fnletv1.Fu
 			return ctrl.Result{}, fmt.Errorf("remove container of finished call: %w", err)
 		}
 	}
-	if err := r.removeFinalizer(ctx, fc); err != nil {
+	if err := r.release(ctx, fc); err != nil {
 		return ctrl.Result{}, err
 	}
 	return r.ttlResult(ctx, fc)
@@ -623,7 +623,7 @@ func (r *FunctionCallReconciler) finalize(ctx context.Context, fc *fnletv1.Funct
 		r.event(fc, corev1.EventTypeNormal, "Deleted", "Delete", "Call deleted while %s: container killed and removed", fc.Status.Phase)
 	}
 	r.memos.clearStart(fc)
-	return r.removeFinalizer(ctx, fc)
+	return r.release(ctx, fc)
 }
 
 func (r *FunctionCallReconciler) ensureFinalizer(ctx context.Context, fc *fnletv1.FunctionCall) error {
@@ -643,19 +643,32 @@ func (r *FunctionCallReconciler) ensureFinalizer(ctx context.Context, fc *fnletv
 	return nil
 }
 
-func (r *FunctionCallReconciler) removeFinalizer(ctx context.Context, fc *fnletv1.FunctionCall) error {
-	if !controllerutil.ContainsFinalizer(fc, Finalizer) {
+// release lets go of a call whose container is gone, in one patch: it
+// drops the finalizer and, once nothing is left for this process to do
+// with a finished call (no TTL to enforce), sets FinishedLabel, which takes
+// the call out of this node's cache: memory does not grow with the number
+// of finished calls kept.
+func (r *FunctionCallReconciler) release(ctx context.Context, fc *fnletv1.FunctionCall) error {
+	mark := fc.IsFinished() && fc.Spec.TTLSecondsAfterFinished == nil && fc.DeletionTimestamp.IsZero() &&
+		fc.Labels[FinishedLabel] != "true"
+	if !controllerutil.ContainsFinalizer(fc, Finalizer) && !mark {
 		return nil
 	}
 	before := fc.ResourceVersion
 	patch := client.MergeFrom(fc.DeepCopy())
 	controllerutil.RemoveFinalizer(fc, Finalizer)
+	if mark {
+		if fc.Labels == nil {
+			fc.Labels = map[string]string{}
+		}
+		fc.Labels[FinishedLabel] = "true"
+	}
 	if err := r.Client.Patch(ctx, fc, patch); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.memos.forget(fc)
 			return nil
 		}
-		return fmt.Errorf("remove finalizer: %w", err)
+		return fmt.Errorf("release call: %w", err)
 	}
 	r.memos.wrote(before, fc)
 	return nil

@@ -1247,17 +1247,25 @@ func TestUnitReconcileTTL(t *testing.T) {
 		clock      time.Time
 		wantResult ctrl.Result
 		wantGone   bool
+		// The manager is done with the call: it leaves the node's cache.
+		wantFinishedLabel bool
 	}{
-		"no TTL: kept": {
-			call:  done().Obj(),
-			clock: t0.Add(time.Hour),
+		"no TTL: kept, labelled finished": {
+			call:              done().Obj(),
+			clock:             t0.Add(time.Hour),
+			wantFinishedLabel: true,
+		},
+		"no TTL, no finalizer (failed before it ran): labelled finished": {
+			call:              done().Finalizers().Obj(),
+			clock:             t0.Add(time.Hour),
+			wantFinishedLabel: true,
 		},
 		"TTL 0: deleted at once": {
 			call:     done().TTLSecondsAfterFinished(0).Obj(),
 			clock:    t0,
 			wantGone: true,
 		},
-		"TTL 60, just finished: wakes in 60s": {
+		"TTL 60, just finished: wakes in 60s, stays cached": {
 			call:       done().TTLSecondsAfterFinished(60).Obj(),
 			clock:      t0,
 			wantResult: ctrl.Result{RequeueAfter: 60 * time.Second},
@@ -1285,8 +1293,17 @@ func TestUnitReconcileTTL(t *testing.T) {
 			if (got == nil) != tc.wantGone {
 				t.Fatalf("call gone = %v, want %v", got == nil, tc.wantGone)
 			}
-			if got != nil && len(got.Finalizers) != 0 {
+			if got == nil {
+				return
+			}
+			if len(got.Finalizers) != 0 {
 				t.Errorf("finalizers = %v, want none on a finished call", got.Finalizers)
+			}
+			if labelled := got.Labels[FinishedLabel] == "true"; labelled != tc.wantFinishedLabel {
+				t.Errorf("label %s=true: %v, want %v (labels %v)", FinishedLabel, labelled, tc.wantFinishedLabel, got.Labels)
+			}
+			if UnfinishedCalls().Matches(labels.Set(got.Labels)) == tc.wantFinishedLabel {
+				t.Errorf("UnfinishedCalls() matches the call's labels %v: %v", got.Labels, !tc.wantFinishedLabel)
 			}
 		})
 	}

@@ -25,9 +25,9 @@ var managerRoleAllowlist = map[string]string{
 	// OrphanCollector reads a container's call directly (APIReader), to tell
 	// a live call from an orphan even when the cache lags.
 	"fnlet.dev functioncalls get": "OrphanCollector.collect: direct GET of a container's call",
-	// ensureFinalizer/removeFinalizer: merge patches of metadata.finalizers.
+	// ensureFinalizer/release: merge patches of metadata.finalizers (and the finished label).
 	// No update: the manager never PUTs a whole FunctionCall.
-	"fnlet.dev functioncalls patch": "ensureFinalizer / removeFinalizer",
+	"fnlet.dev functioncalls patch": "ensureFinalizer / release",
 	// ttlSecondsAfterFinished.
 	"fnlet.dev functioncalls delete": "ttlResult: delete after spec.ttlSecondsAfterFinished",
 	// Every status write (claim with the read resourceVersion, Running,

@@ -9,6 +9,8 @@ import (
 	"github.com/containerd/errdefs"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -26,6 +28,22 @@ import (
 
 // NodeNameField is the selectable field binding a call to a node.
 const NodeNameField = "status.nodeName"
+
+// FinishedLabel ("true") marks a finished call the manager is done with:
+// its container is removed and no TTL is pending. The manager's caches
+// select calls without it (UnfinishedCalls), so finished calls, with their
+// output tails, do not accumulate in its memory. Users can select them too:
+// kubectl get fc -l fnlet.dev/finished=true.
+const FinishedLabel = "fnlet.dev/finished"
+
+// UnfinishedCalls selects the calls the manager still has work on.
+func UnfinishedCalls() labels.Selector {
+	req, err := labels.NewRequirement(FinishedLabel, selection.DoesNotExist, nil)
+	if err != nil {
+		panic(err) // a constant, valid key
+	}
+	return labels.NewSelector().Add(*req)
+}
 
 // SetupWithManager wires the reconciler: the manager's cache holds this
 // node's calls, unassigned is a second cache of calls no node has claimed,

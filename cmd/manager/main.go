@@ -200,7 +200,7 @@ func run(ctx context.Context, o options) error {
 		PprofBindAddress:       o.pprofAddr,
 		// Managed fields are ~40% of a cached call and unused here.
 		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields(), ByObject: map[client.Object]cache.ByObject{
-			&fnletv1.FunctionCall{}: {Field: mine},
+			&fnletv1.FunctionCall{}: {Field: mine, Label: controllers.UnfinishedCalls()},
 		}},
 	})
 	if err != nil {
@@ -210,7 +210,7 @@ func run(ctx context.Context, o options) error {
 	unassigned, err := cache.New(cfg, cache.Options{Scheme: scheme, Mapper: mgr.GetRESTMapper(),
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&fnletv1.FunctionCall{}: {Field: fields.OneTermEqualSelector(controllers.NodeNameField, "")},
+			&fnletv1.FunctionCall{}: {Field: fields.OneTermEqualSelector(controllers.NodeNameField, ""), Label: controllers.UnfinishedCalls()},
 		}})
 	if err != nil {
 		return fmt.Errorf("create unassigned-calls cache: %w", err)

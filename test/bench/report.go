@@ -13,6 +13,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/fnlet/fnlet/controllers"
 )
 
 type stats struct {
@@ -183,14 +185,14 @@ func report(w io.Writer, res *result) {
 		fmt.Fprintf(w, "\nmanager (pid %d%s): RSS %.1f MiB after %d calls; CPU %.1f s in all, %.1f ms/call sequential, %.1f ms/call under load\n",
 			m.Pid, strings.Join(append([]string{""}, cfg.ManagerArgs...), " "), m.RSSMiB, m.Calls, m.CPUSeconds, m.SeqCPUMsCall, m.LoadCPUMsCall)
 		if m.Filled > 0 {
-			fmt.Fprintf(w, "  with %d finished calls in its cache (%d written directly in %s): RSS %.1f MiB\n",
-				m.CachedCalls, m.Filled, m.FilledIn.Round(time.Second), m.FilledRSSMiB)
-			goals = append(goals, verdict(fmt.Sprintf("manager RSS <= 80 MiB with %d finished calls cached", m.CachedCalls), m.FilledRSSMiB <= 80,
+			fmt.Fprintf(w, "  with %d finished calls on its node (%d written directly in %s; %d of them released from its cache, labelled %s): RSS %.1f MiB\n",
+				m.CachedCalls, m.Filled, m.FilledIn.Round(time.Second), m.Released, controllers.FinishedLabel, m.FilledRSSMiB)
+			goals = append(goals, verdict(fmt.Sprintf("manager RSS <= 80 MiB with %d finished calls on its node", m.CachedCalls), m.FilledRSSMiB <= 80,
 				fmt.Sprintf("%.1f MiB", m.FilledRSSMiB)))
 		}
 		fmt.Fprintf(w, "  peak RSS (VmHWM) over the run: %.1f MiB\n", m.PeakRSSMiB)
 		if a := res.AfterFill; a != nil && a.Calls > 0 {
-			fmt.Fprintf(w, "  fnlet sequential with them cached: %d calls, p50 %s  p95 %s ms; phases (mean ms): %s\n",
+			fmt.Fprintf(w, "  fnlet sequential with them on its node: %d calls, p50 %s  p95 %s ms; phases (mean ms): %s\n",
 				a.Calls, ms(a.Stats.P50), ms(a.Stats.P95), phaseLine(a.Phases))
 		}
 	}

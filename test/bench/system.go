@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/controllers"
 )
 
 const (
@@ -634,9 +635,12 @@ func (s *system) fillCache(ctx context.Context, res *result, n int) {
 		})
 	}
 	wg.Wait()
-	// Let the manager see and reconcile them all.
-	sleepCtx(ctx, 15*time.Second)
+	// Let the manager see and release them all: it labels a finished call
+	// it is done with, which takes it out of its cache.
+	released := s.waitReleased(ctx, int(made.Load()), 5*time.Minute)
+	sleepCtx(ctx, 5*time.Second)
 	ps, _ := readProc(s.mgr.cmd.Process.Pid)
+	res.Manager.Released = released
 	res.Manager.Filled = int(made.Load())
 	res.Manager.FilledIn = time.Since(start)
 	res.Manager.CachedCalls = have + int(made.Load())
@@ -663,6 +667,27 @@ func (s *system) fillCache(ctx context.Context, res *result, n int) {
 		return
 	}
 	res.AfterFill = s.load(ctx, &fnletWay{sys: s}, "filled", 1, max(10, s.cfg.N/5), 0)
+}
+
+// waitReleased waits until n fill calls carry the finished label, or for
+// at most d, and returns how many do.
+func (s *system) waitReleased(ctx context.Context, n int, d time.Duration) int {
+	deadline := time.Now().Add(d)
+	for {
+		var list fnletv1.FunctionCallList
+		err := s.kc.List(ctx, &list, client.InNamespace(s.cfg.KubeNamespace),
+			client.MatchingLabels{runLabel: s.runID, controllers.FinishedLabel: "true"})
+		got := 0
+		for _, fc := range list.Items {
+			if strings.HasPrefix(fc.Name, "fill-") {
+				got++
+			}
+		}
+		if err == nil && got >= n || ctx.Err() != nil || time.Now().After(deadline) {
+			return got
+		}
+		sleepCtx(ctx, 2*time.Second)
+	}
 }
 
 func (s *system) finishedCall(ctx context.Context, name string) error {
@@ -705,6 +730,7 @@ type managerStats struct {
 	LoadCPUMsCall float64 `json:"loadCpuMsPerCall"`
 	// The cache experiment (-cache-calls).
 	Filled       int           `json:"filled,omitempty"`
+	Released     int           `json:"released,omitempty"` // of them, labelled finished by the manager
 	FilledIn     time.Duration `json:"filledInNs,omitempty"`
 	FilledRSSMiB float64       `json:"filledRssMiB,omitempty"`
 }

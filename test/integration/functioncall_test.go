@@ -20,6 +20,7 @@ import (
 	ctrlclient "sigs.k8s.io/controller-runtime/pkg/client"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/controllers"
 	"github.com/fnlet/fnlet/internal/ctrd"
 	utiltesting "github.com/fnlet/fnlet/internal/testing"
 )
@@ -118,10 +119,15 @@ func TestCallOutcomes(t *testing.T) {
 		if fc.Status.NodeName != node || fc.Status.ContainerID == "" {
 			t.Errorf("node %q container %q", fc.Status.NodeName, fc.Status.ContainerID)
 		}
-		// The finalizer goes once the container is gone.
+		// The finalizer goes once the container is gone, in the same patch
+		// that labels the call finished (which takes it out of the
+		// manager's cache).
 		fc = waitFor(t, key, 10*time.Second, "without finalizer", func(fc *fnletv1.FunctionCall) bool { return len(fc.Finalizers) == 0 })
 		if n := containers(t, fc.UID); n != 0 {
 			t.Errorf("%d containers left for a finished call", n)
+		}
+		if fc.Labels[controllers.FinishedLabel] != "true" {
+			t.Errorf("labels %v: want %s=true once the finalizer is gone", fc.Labels, controllers.FinishedLabel)
 		}
 	})
 
