@@ -645,12 +645,12 @@ func (r *FunctionCallReconciler) ensureFinalizer(ctx context.Context, fc *fnletv
 
 // release lets go of a call whose container is gone, in one patch: it
 // drops the finalizer and, once nothing is left for this process to do
-// with a finished call (no TTL to enforce), sets FinishedLabel, which takes
+// with a finished call (no TTL to enforce), sets fnletv1.LabelFinished, which takes
 // the call out of this node's cache: memory does not grow with the number
 // of finished calls kept.
 func (r *FunctionCallReconciler) release(ctx context.Context, fc *fnletv1.FunctionCall) error {
 	mark := fc.IsFinished() && fc.Spec.TTLSecondsAfterFinished == nil && fc.DeletionTimestamp.IsZero() &&
-		fc.Labels[FinishedLabel] != "true"
+		fc.Labels[fnletv1.LabelFinished] != "true"
 	if !controllerutil.ContainsFinalizer(fc, Finalizer) && !mark {
 		return nil
 	}
@@ -661,7 +661,7 @@ func (r *FunctionCallReconciler) release(ctx context.Context, fc *fnletv1.Functi
 		if fc.Labels == nil {
 			fc.Labels = map[string]string{}
 		}
-		fc.Labels[FinishedLabel] = "true"
+		fc.Labels[fnletv1.LabelFinished] = "true"
 	}
 	if err := r.Client.Patch(ctx, fc, patch); err != nil {
 		if apierrors.IsNotFound(err) {

@@ -1299,8 +1299,8 @@ func TestUnitReconcileTTL(t *testing.T) {
 			if len(got.Finalizers) != 0 {
 				t.Errorf("finalizers = %v, want none on a finished call", got.Finalizers)
 			}
-			if labelled := got.Labels[FinishedLabel] == "true"; labelled != tc.wantFinishedLabel {
-				t.Errorf("label %s=true: %v, want %v (labels %v)", FinishedLabel, labelled, tc.wantFinishedLabel, got.Labels)
+			if labelled := got.Labels[fnletv1.LabelFinished] == "true"; labelled != tc.wantFinishedLabel {
+				t.Errorf("label %s=true: %v, want %v (labels %v)", fnletv1.LabelFinished, labelled, tc.wantFinishedLabel, got.Labels)
 			}
 			if UnfinishedCalls().Matches(labels.Set(got.Labels)) == tc.wantFinishedLabel {
 				t.Errorf("UnfinishedCalls() matches the call's labels %v: %v", got.Labels, !tc.wantFinishedLabel)

@@ -29,16 +29,10 @@ import (
 // NodeNameField is the selectable field binding a call to a node.
 const NodeNameField = "status.nodeName"
 
-// FinishedLabel ("true") marks a finished call the manager is done with:
-// its container is removed and no TTL is pending. The manager's caches
-// select calls without it (UnfinishedCalls), so finished calls, with their
-// output tails, do not accumulate in its memory. Users can select them too:
-// kubectl get fc -l fnlet.dev/finished=true.
-const FinishedLabel = "fnlet.dev/finished"
-
-// UnfinishedCalls selects the calls the manager still has work on.
+// UnfinishedCalls selects the calls the manager still has work on: those
+// without fnletv1.LabelFinished.
 func UnfinishedCalls() labels.Selector {
-	req, err := labels.NewRequirement(FinishedLabel, selection.DoesNotExist, nil)
+	req, err := labels.NewRequirement(fnletv1.LabelFinished, selection.DoesNotExist, nil)
 	if err != nil {
 		panic(err) // a constant, valid key
 	}

@@ -374,6 +374,12 @@ const (
 	ConditionFinished = "Finished"
 )
 
+// LabelFinished ("true") marks a finished call its node's manager is done
+// with: the container is removed and no TTL is pending. Managers do not
+// cache such calls, so their memory does not grow with the finished calls
+// kept; users can select them (kubectl get fc -l fnlet.dev/finished=true).
+const LabelFinished = "fnlet.dev/finished"
+
 // FunctionCallStatus is what happened to the call, as seen by the node that
 // claimed it.
 type FunctionCallStatus struct {

@@ -14,7 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/fnlet/fnlet/controllers"
+	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 )
 
 type stats struct {
@@ -186,7 +186,7 @@ func report(w io.Writer, res *result) {
 			m.Pid, strings.Join(append([]string{""}, cfg.ManagerArgs...), " "), m.RSSMiB, m.Calls, m.CPUSeconds, m.SeqCPUMsCall, m.LoadCPUMsCall)
 		if m.Filled > 0 {
 			fmt.Fprintf(w, "  with %d finished calls on its node (%d written directly in %s; %d of them released from its cache, labelled %s): RSS %.1f MiB\n",
-				m.CachedCalls, m.Filled, m.FilledIn.Round(time.Second), m.Released, controllers.FinishedLabel, m.FilledRSSMiB)
+				m.CachedCalls, m.Filled, m.FilledIn.Round(time.Second), m.Released, fnletv1.LabelFinished, m.FilledRSSMiB)
 			goals = append(goals, verdict(fmt.Sprintf("manager RSS <= 80 MiB with %d finished calls on its node", m.CachedCalls), m.FilledRSSMiB <= 80,
 				fmt.Sprintf("%.1f MiB", m.FilledRSSMiB)))
 		}

@@ -30,7 +30,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
-	"github.com/fnlet/fnlet/controllers"
 )
 
 const (
@@ -676,7 +675,7 @@ func (s *system) waitReleased(ctx context.Context, n int, d time.Duration) int {
 	for {
 		var list fnletv1.FunctionCallList
 		err := s.kc.List(ctx, &list, client.InNamespace(s.cfg.KubeNamespace),
-			client.MatchingLabels{runLabel: s.runID, controllers.FinishedLabel: "true"})
+			client.MatchingLabels{runLabel: s.runID, fnletv1.LabelFinished: "true"})
 		got := 0
 		for _, fc := range list.Items {
 			if strings.HasPrefix(fc.Name, "fill-") {

@@ -20,7 +20,6 @@ import (
 	ctrlclient "sigs.k8s.io/controller-runtime/pkg/client"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
-	"github.com/fnlet/fnlet/controllers"
 	"github.com/fnlet/fnlet/internal/ctrd"
 	utiltesting "github.com/fnlet/fnlet/internal/testing"
 )
@@ -126,8 +125,8 @@ func TestCallOutcomes(t *testing.T) {
 		if n := containers(t, fc.UID); n != 0 {
 			t.Errorf("%d containers left for a finished call", n)
 		}
-		if fc.Labels[controllers.FinishedLabel] != "true" {
-			t.Errorf("labels %v: want %s=true once the finalizer is gone", fc.Labels, controllers.FinishedLabel)
+		if fc.Labels[fnletv1.LabelFinished] != "true" {
+			t.Errorf("labels %v: want %s=true once the finalizer is gone", fc.Labels, fnletv1.LabelFinished)
 		}
 	})
 
