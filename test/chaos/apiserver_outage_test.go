@@ -103,7 +103,7 @@ func TestAPIServerOutage(t *testing.T) {
 	if endedDuringOutage == 0 {
 		t.Errorf("no call ended during the outage: the test did not exercise it")
 	}
-	if m.alive() {
+	if m.Alive() {
 		r.notef("the manager process stayed up through the outage")
 	} else {
 		t.Errorf("the manager exited during the apiserver outage")

@@ -148,9 +148,9 @@ func TestContainerdDownPastTimeout(t *testing.T) {
 	r.Faults++
 	// The node reboots, as it were: the manager restarts while containerd
 	// is still down, with nothing cached.
-	m.kill9()
+	m.Kill9()
 	r.Faults++
-	m.start()
+	m.Restart()
 	for i := 0; i < 3; i++ {
 		name := fmt.Sprintf("during-%d", i)
 		create(t, call(name, ns, node).Args("-stdout-text", "never", "-sleep", "1s").Timeout(timeout).Obj())

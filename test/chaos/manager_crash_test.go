@@ -57,11 +57,11 @@ func TestManagerCrashes(t *testing.T) {
 	for r.Faults < 5 || (len(o.waitFinal(names, 0, nil)) > 0 && r.Faults < 10) {
 		time.Sleep(randDur(500*time.Millisecond, 2500*time.Millisecond))
 		left := len(o.waitFinal(names, 0, nil))
-		m.kill9()
+		m.Kill9()
 		r.Faults++
 		at = append(at, fmt.Sprintf("%.1fs (%d unfinished)", time.Since(start).Seconds(), left))
 		time.Sleep(randDur(0, time.Second))
-		m.start()
+		m.Restart()
 	}
 	r.notef("SIGKILLs at %s", strings.Join(at, ", "))
 

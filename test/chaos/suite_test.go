@@ -43,17 +43,13 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	k8sruntime "k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	"sigs.k8s.io/yaml"
 
-	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 	"github.com/fnlet/fnlet/internal/testenv"
+	"github.com/fnlet/fnlet/internal/testenv/kubeapi"
+	"github.com/fnlet/fnlet/internal/testenv/managerproc"
 )
 
 const (
@@ -65,7 +61,6 @@ const (
 var env struct {
 	skip        string
 	te          *envtest.Environment
-	restCfg     *rest.Config
 	k8s         client.WithWatch
 	kubeconfig  string // the manager's: bound to the generated ClusterRole only
 	managerBin  string
@@ -117,54 +112,14 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 
-	// A fixed certificate directory: envtest then keeps the serving cert,
-	// the CA and the port across APIServer.Stop/Start (with a random one it
-	// would mint new certificates on restart and no client would trust it).
-	certDir := filepath.Join(work, "apiserver")
-	if err := os.MkdirAll(certDir, 0o700); err != nil {
-		panic(err)
-	}
-	env.te = &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join(repoRoot(), "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}
-	env.te.ControlPlane.APIServer = &envtest.APIServer{CertDir: certDir}
-	// A graceful stop waits for every open watch; after 5 s envtest
-	// SIGKILLs the apiserver, which is the outage the tests want anyway.
-	env.te.ControlPlaneStopTimeout = 5 * time.Second
-	cfg, err := env.te.Start()
+	// Restartable: the outage test stops and starts the apiserver.
+	api, err := kubeapi.Start(repoRoot(), work, kubeapi.Restartable())
 	if err != nil {
-		fmt.Println("start envtest:", err)
+		fmt.Println(err)
 		return 1
 	}
-	defer env.te.Stop()
-	env.restCfg = cfg
-
-	scheme := k8sruntime.NewScheme()
-	_ = clientgoscheme.AddToScheme(scheme)
-	_ = fnletv1.AddToScheme(scheme)
-	if env.k8s, err = client.NewWithWatch(cfg, client.Options{Scheme: scheme}); err != nil {
-		fmt.Println("client:", err)
-		return 1
-	}
-	if err := bindManagerRole(env.k8s, "fnlet-manager"); err != nil {
-		fmt.Println("rbac:", err)
-		return 1
-	}
-	mgrUser, err := env.te.AddUser(envtest.User{Name: "fnlet-manager"}, nil)
-	if err != nil {
-		fmt.Println("add user:", err)
-		return 1
-	}
-	kc, err := mgrUser.KubeConfig()
-	if err != nil {
-		fmt.Println("kubeconfig:", err)
-		return 1
-	}
-	env.kubeconfig = filepath.Join(work, "manager.kubeconfig")
-	if err := os.WriteFile(env.kubeconfig, kc, 0o600); err != nil {
-		panic(err)
-	}
+	defer api.Stop()
+	env.te, env.k8s, env.kubeconfig = api.Env, api.Client, api.ManagerKubeconfig
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -201,26 +156,6 @@ func requireChaos(t *testing.T) {
 	}
 }
 
-func bindManagerRole(c client.Client, user string) error {
-	b, err := os.ReadFile(filepath.Join(repoRoot(), "config", "rbac", "role.yaml"))
-	if err != nil {
-		return err
-	}
-	var role rbacv1.ClusterRole
-	if err := yaml.Unmarshal(b, &role); err != nil {
-		return err
-	}
-	ctx := context.Background()
-	if err := c.Create(ctx, &role); err != nil {
-		return err
-	}
-	return c.Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "fnlet-manager"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: "rbac.authorization.k8s.io", Name: user}},
-	})
-}
-
 func newNamespace(t *testing.T, prefix string) string {
 	t.Helper()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}
@@ -232,19 +167,14 @@ func newNamespace(t *testing.T, prefix string) string {
 
 // ---- the manager process ----
 
-// manager is one node's manager; restart keeps node, flags, log dir and
+// manager is one node's manager; Restart keeps node, flags, log dir and
 // metrics port, like a DaemonSet pod restarted in place.
 type manager struct {
-	t       *testing.T
-	node    string
-	logDir  string
-	port    int
-	args    []string
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	done    chan struct{}
-	logs    []string
-	started int
+	*managerproc.Process
+	t      *testing.T
+	node   string
+	logDir string
+	port   int
 }
 
 // startManager runs the manager binary for node with the suite's defaults
@@ -252,110 +182,25 @@ type manager struct {
 func startManager(t *testing.T, node string, extra ...string) *manager {
 	t.Helper()
 	m := &manager{t: t, node: node, logDir: t.TempDir(), port: freePort(t)}
-	m.args = append([]string{
-		"--node-name", node,
-		"--containerd-address", env.containerd,
-		"--containerd-namespace", env.ctrdNS,
-		"--log-dir", m.logDir,
-		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", m.port),
-		"--health-probe-bind-address", "0",
-		"--kill-grace", "1s",
-	}, extra...)
-	m.start()
+	m.Process = managerproc.Start(t, managerproc.Config{
+		Binary: env.managerBin, Kubeconfig: env.kubeconfig, LogDir: env.workDir, Name: node, TailLines: 20,
+		Args: append([]string{
+			"--node-name", node,
+			"--containerd-address", env.containerd,
+			"--containerd-namespace", env.ctrdNS,
+			"--log-dir", m.logDir,
+			"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", m.port),
+			"--health-probe-bind-address", "0",
+			"--kill-grace", "1s",
+		}, extra...),
+	})
 	t.Cleanup(func() {
-		m.stop()
 		if t.Failed() {
-			m.dumpLogs(20)
+			m.Stop()
 			m.saveLogs()
 		}
 	})
 	return m
-}
-
-func (m *manager) start() {
-	m.t.Helper()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.started++
-	logPath := filepath.Join(env.workDir, fmt.Sprintf("manager-%s-%d.log", m.node, m.started))
-	f, err := os.Create(logPath)
-	if err != nil {
-		m.t.Fatal(err)
-	}
-	cmd := exec.Command(env.managerBin, m.args...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+env.kubeconfig)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		m.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); f.Close(); close(done) }()
-	m.cmd, m.done = cmd, done
-	m.logs = append(m.logs, logPath)
-}
-
-func (m *manager) pid() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.cmd.Process.Pid
-}
-
-// kill9 ends the manager like a crash.
-func (m *manager) kill9() {
-	m.mu.Lock()
-	cmd, done := m.cmd, m.done
-	m.mu.Unlock()
-	_ = cmd.Process.Kill()
-	<-done
-}
-
-// stop ends the manager gracefully.
-func (m *manager) stop() {
-	m.mu.Lock()
-	cmd, done := m.cmd, m.done
-	m.mu.Unlock()
-	select {
-	case <-done:
-		return
-	default:
-	}
-	_ = cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
-}
-
-func (m *manager) alive() bool {
-	m.mu.Lock()
-	done := m.done
-	m.mu.Unlock()
-	select {
-	case <-done:
-		return false
-	default:
-		return true
-	}
-}
-
-// logText is everything every incarnation of the manager logged.
-func (m *manager) logText() string {
-	m.mu.Lock()
-	paths := append([]string(nil), m.logs...)
-	m.mu.Unlock()
-	var b strings.Builder
-	for _, p := range paths {
-		data, _ := os.ReadFile(p)
-		b.Write(data)
-	}
-	return b.String()
-}
-
-func (m *manager) dumpLogs(n int) {
-	lines := strings.Split(m.logText(), "\n")
-	m.t.Logf("manager %s log (last %d lines of %d incarnations):\n%s", m.node, n, m.started, strings.Join(lines[max(0, len(lines)-n):], "\n"))
 }
 
 // saveLogs copies every incarnation's log to $FNLET_CHAOS_ARTIFACTS (make
@@ -369,10 +214,7 @@ func (m *manager) saveLogs() {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return
 	}
-	m.mu.Lock()
-	paths := append([]string(nil), m.logs...)
-	m.mu.Unlock()
-	for _, p := range paths {
+	for _, p := range m.LogPaths() {
 		if b, err := os.ReadFile(p); err == nil {
 			_ = os.WriteFile(filepath.Join(dir, filepath.Base(p)), b, 0o644)
 		}
@@ -430,7 +272,7 @@ func (m *manager) metric(name string) float64 {
 // rssBytes is the manager's resident set size (VmRSS).
 func (m *manager) rssBytes() int64 {
 	m.t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", m.pid()))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", m.Pid()))
 	if err != nil {
 		m.t.Fatal(err)
 	}

@@ -311,8 +311,8 @@ func TestTwoManagersRaceExactlyOnce(t *testing.T) {
 	if perNode["race-a"]+perNode["race-b"] != n {
 		t.Fatalf("calls per node %v do not add up to %d", perNode, n)
 	}
-	a.stop()
-	b.stop()
+	a.Stop()
+	b.Stop()
 }
 
 // TestManagerKilledMidCall: kill -9 the manager while a call runs; a new
@@ -325,7 +325,7 @@ func TestManagerKilledMidCall(t *testing.T) {
 	ns := newNamespace(t)
 	key := create(t, call("survivor", ns, node).Args("-stdout-text", "before", "-sleep", "3s", "-stderr-text", "after", "-exit", "4").Obj())
 	waitFor(t, key, 30*time.Second, "running", func(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning })
-	m1.kill9()
+	m1.Kill9()
 	time.Sleep(4 * time.Second) // the call exits while no manager runs
 	startManager(t, node, logs)
 	fc := waitFinished(t, key, 30*time.Second)
