@@ -163,6 +163,18 @@ func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.Function
 		// A slot frees when a call finishes; poll gently until then.
 		return false, ctrl.Result{RequeueAfter: 500 * time.Millisecond}, err
 	}
+	if _, ok := fc.Labels[fnletv1.LabelFinished]; ok {
+		// A new call with a finished one's label (its YAML applied again):
+		// this node's cache, which leaves such calls out, would lose it
+		// once claimed.
+		before := fc.ResourceVersion
+		patch := client.MergeFrom(fc.DeepCopy())
+		delete(fc.Labels, fnletv1.LabelFinished)
+		if err := r.Client.Patch(ctx, fc, patch); err != nil {
+			return false, ctrl.Result{}, client.IgnoreNotFound(fmt.Errorf("remove stale %s label: %w", fnletv1.LabelFinished, err))
+		}
+		r.memos.wrote(before, fc)
+	}
 	now := metav1.NewTime(r.Clock.Now())
 	fc.Status.NodeName = r.NodeName
 	fc.Status.Phase = fnletv1.PhasePending

@@ -363,6 +363,13 @@ func TestUnitReconcileClaim(t *testing.T) {
 				h.statusUpdateErr = apierrors.NewConflict(schema.GroupResource{Group: "fnlet.dev", Resource: "functioncalls"}, "a", errors.New("the object has been modified"))
 			},
 		},
+		"a call applied again from a finished one's YAML: its finished label goes, then it is claimed": {
+			objs:        []client.Object{newCall("a").Label(fnletv1.LabelFinished, "true").Obj()},
+			setup:       func(h *harness) { h.rt.withImages(image) },
+			wantClaimed: true,
+			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
+			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
+		},
 		"a command element with whitespace is claimed with a warning": {
 			objs:        []client.Object{newCall("a").Command("sh -c", "echo hi").Obj()},
 			setup:       func(h *harness) { h.rt.withImages(image) },
@@ -403,6 +410,9 @@ func TestUnitReconcileClaim(t *testing.T) {
 			}
 			if got.Status.StartedAt == nil || !got.Status.StartedAt.Time.Equal(t0) {
 				t.Errorf("startedAt = %v, want %v", got.Status.StartedAt, t0)
+			}
+			if v, ok := got.Labels[fnletv1.LabelFinished]; ok {
+				t.Errorf("a claimed call carries %s=%s: this node's cache would not show it", fnletv1.LabelFinished, v)
 			}
 			if want := ctrd.ContainerID("uid-a"); got.Status.ContainerID != want {
 				t.Errorf("containerID = %q, want %q", got.Status.ContainerID, want)

@@ -378,6 +378,8 @@ const (
 // with: the container is removed and no TTL is pending. Managers do not
 // cache such calls, so their memory does not grow with the finished calls
 // kept; users can select them (kubectl get fc -l fnlet.dev/finished=true).
+// The manager sets it; on a new call (a finished call's YAML applied again)
+// it is removed when the call is claimed.
 const LabelFinished = "fnlet.dev/finished"
 
 // FunctionCallStatus is what happened to the call, as seen by the node that

@@ -210,7 +210,9 @@ func run(ctx context.Context, o options) error {
 	unassigned, err := cache.New(cfg, cache.Options{Scheme: scheme, Mapper: mgr.GetRESTMapper(),
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&fnletv1.FunctionCall{}: {Field: fields.OneTermEqualSelector(controllers.NodeNameField, ""), Label: controllers.UnfinishedCalls()},
+			// No label selector: a call copied from a finished one may carry
+			// its finished label; claim removes it.
+			&fnletv1.FunctionCall{}: {Field: fields.OneTermEqualSelector(controllers.NodeNameField, "")},
 		}})
 	if err != nil {
 		return fmt.Errorf("create unassigned-calls cache: %w", err)

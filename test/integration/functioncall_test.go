@@ -130,6 +130,15 @@ func TestCallOutcomes(t *testing.T) {
 		}
 	})
 
+	t.Run("a call applied with a finished call's label still runs", func(t *testing.T) {
+		key := create(t, call("copied", ns, node).Label(fnletv1.LabelFinished, "true").Args("-stdout-text", "again").Obj())
+		fc := waitFinished(t, key, 30*time.Second)
+		expectOutcome(t, fc, fnletv1.PhaseSucceeded, fnletv1.ReasonCompleted, i32(0))
+		if fc.Status.Stdout != "again\n" {
+			t.Errorf("stdout %q", fc.Status.Stdout)
+		}
+	})
+
 	t.Run("non-zero exit is Error with the code", func(t *testing.T) {
 		key := create(t, call("exit3", ns, node).Args("-stderr-text", "bad input", "-exit", "3").Obj())
 		fc := waitFinished(t, key, 30*time.Second)
