@@ -22,9 +22,16 @@ type Metrics struct {
 // latencyBuckets span a fast call (tens of ms) to a long one (minutes).
 var latencyBuckets = []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
 
-// NewMetrics registers fnlet's metrics. reconnects reports the runtime's
-// event-stream reconnections.
-func NewMetrics(reg prometheus.Registerer, capacity int, reconnects func() float64) *Metrics {
+// RuntimeCounters are the runtime's own counts of trouble with containerd.
+type RuntimeCounters interface {
+	// Reconnects counts event-stream reconnections.
+	Reconnects() int64
+	// CreateTimeouts counts task creates containerd did not answer in time.
+	CreateTimeouts() int64
+}
+
+// NewMetrics registers fnlet's metrics, including rt's counters.
+func NewMetrics(reg prometheus.Registerer, capacity int, rt RuntimeCounters) *Metrics {
 	h := func(name, help string) prometheus.Histogram {
 		return prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "fnlet", Name: name, Help: help, Buckets: latencyBuckets})
 	}
@@ -41,7 +48,10 @@ func NewMetrics(reg prometheus.Registerer, capacity int, reconnects func() float
 	capGauge.Set(float64(capacity))
 	reg.MustRegister(m.calls, m.applyToClaim, m.claimToStart, m.startToFinish, m.pull, m.running, capGauge,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "fnlet", Name: "event_stream_reconnects_total",
-			Help: "Reconnections of the containerd event stream."}, reconnects))
+			Help: "Reconnections of the containerd event stream."}, func() float64 { return float64(rt.Reconnects()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "fnlet", Name: "task_create_timeouts_total",
+			Help: "Task creates containerd did not answer within the create timeout (each retried with a new shim)."},
+			func() float64 { return float64(rt.CreateTimeouts()) }))
 	return m
 }
 

@@ -239,7 +239,7 @@ func run(ctx context.Context, o options) error {
 		Capacity:       controllers.Capacity{MaxCalls: o.maxCalls, MemoryBudgetBytes: budget},
 		Limits:         lim,
 		DefaultTimeout: o.defaultTimeout, MaxTimeout: o.maxTimeout, KillGrace: o.killGrace,
-		Metrics: controllers.NewMetrics(metrics.Registry, o.maxCalls, func() float64 { return float64(rt.Reconnects()) }),
+		Metrics: controllers.NewMetrics(metrics.Registry, o.maxCalls, rt),
 	}
 	if err := rec.SetupWithManager(mgr, unassigned, events, o.workers); err != nil {
 		return fmt.Errorf("set up controller: %w", err)

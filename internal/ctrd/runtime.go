@@ -75,6 +75,8 @@ type Runtime struct {
 	oom        map[string]bool        // by container ID: TaskOOM seen
 	leased     map[string]bool        // by container ID: lease made, removal not confirmed
 	reconnects atomic.Int64
+	// createTimeouts counts NewTasks that hit createTimeout.
+	createTimeouts atomic.Int64
 }
 
 // Opt configures a Runtime.

@@ -32,6 +32,10 @@ const shimGroupAnnotation = "io.containerd.runc.v2.group"
 // starts a fresh shim, and reapStuckShim removes the stuck daemon if this
 // process can see it.
 
+// CreateTimeouts counts task creates that got no answer within the create
+// timeout, for metrics.
+func (r *Runtime) CreateTimeouts() int64 { return r.createTimeouts.Load() }
+
 // moveShim puts the container in a shim group of its own for its next task.
 func (r *Runtime) moveShim(ctx context.Context, h *callHandle) (string, error) {
 	spec, err := h.container.Spec(ctx)

@@ -49,6 +49,9 @@ func TestRunPastStuckShim(t *testing.T) {
 	if spec.Annotations[shimGroupAnnotation] == "" {
 		t.Errorf("the container was not moved to a new shim group (annotations %v): the create never reached the stuck shim", spec.Annotations)
 	}
+	if n := rt.CreateTimeouts(); n != 1 {
+		t.Errorf("CreateTimeouts() = %d, want 1", n)
+	}
 	select {
 	case err := <-stuck:
 		t.Logf("stuck shim ended: %v", err)

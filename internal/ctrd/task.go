@@ -289,6 +289,7 @@ func (r *Runtime) newTask(ctx context.Context, h *callHandle, cfg cio.Config, re
 		timedOut := err != nil && tctx.Err() == context.DeadlineExceeded && ctx.Err() == nil
 		cancel()
 		if timedOut {
+			r.createTimeouts.Add(1)
 			if moved {
 				return nil, fmt.Errorf("containerd did not create the task within %s, twice (the second time with a new shim): %w", r.createTimeout, err)
 			}
