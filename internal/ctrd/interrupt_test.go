@@ -2,6 +2,7 @@ package ctrd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -12,6 +13,8 @@ import (
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -42,7 +45,15 @@ func TestRunAfterInterruptedCreate(t *testing.T) {
 			rt1.stop()
 
 			rt2 := newTestRuntime(t, ioRoot)
-			if _, err := rt2.Run(ctx, call); err != nil {
+			if _, err := rt2.Run(ctx, call); errors.Is(err, ErrStaleBundle) {
+				// containerd's cleanup of the interrupted create failed
+				// for good: the call fails with that reason, never runs,
+				// and deleting it leaves nothing of fnlet's behind (the
+				// leftovers check below).
+				t.Logf("resumed Run failed as it must when containerd kept the bundle: %v", err)
+				mustDelete(t, rt2, call.UID)
+				return
+			} else if err != nil {
 				t.Fatalf("resumed Run: %v", err)
 			}
 			s, err := rt2.Wait(ctx, call.UID)
@@ -153,4 +164,18 @@ func leftovers(t *testing.T, ids []string) []string {
 		}
 	}
 	return out
+}
+
+// TestStaleBundleErrorKeepsItsReason: the reason survives the conversion
+// every runtime error goes through, so callers (and the call's status)
+// can tell it apart.
+func TestStaleBundleErrorKeepsItsReason(t *testing.T) {
+	inner := status.Error(codes.Unknown, "mkdir /run/containerd/io.containerd.runtime.v2.task/ns/id: file exists")
+	if !isStaleBundle(inner) {
+		t.Fatalf("%v not taken for a stale bundle", inner)
+	}
+	err := wrapErr(staleBundleError(inner), "create task %s", "id")
+	if !errors.Is(err, ErrStaleBundle) {
+		t.Fatalf("errors.Is(%v, ErrStaleBundle) = false", err)
+	}
 }

@@ -307,6 +307,9 @@ func (r *Runtime) newTask(ctx context.Context, h *callHandle, cfg cio.Config, re
 			continue
 		}
 		retry := err != nil && (isStaleBundle(err) || resumed && !errdefs.IsAlreadyExists(err) && !errdefs.IsInvalidArgument(err))
+		if retry && time.Now().After(deadline) && isStaleBundle(err) {
+			return nil, staleBundleError(err)
+		}
 		if !retry || time.Now().After(deadline) {
 			return task, err
 		}
@@ -316,6 +319,22 @@ func (r *Runtime) newTask(ctx context.Context, h *callHandle, cfg cio.Config, re
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// ErrStaleBundle: containerd kept the task directory of an earlier,
+// interrupted create of the container. Its own cleanup can fail for good
+// (seen: the rootfs mounted by a shim that was still creating while
+// containerd cleaned up, "failed to remove bundle rootfs: directory not
+// empty"); then no task of that container ID can be made until containerd
+// restarts and cleans its state. The call fails with this reason instead
+// of waiting.
+var ErrStaleBundle = errors.New("containerd still holds the task directory of an earlier, interrupted create of this container; it removes it when it restarts")
+
+// staleBundleError gives up on a bundle containerd does not remove. The
+// cause is kept as text (%v): as a wrapped error its gRPC status would
+// replace ErrStaleBundle when wrapErr converts it.
+func staleBundleError(cause error) error {
+	return fmt.Errorf("%w (waited %s): %v", ErrStaleBundle, staleBundleWait, cause)
 }
 
 func isStaleBundle(err error) bool {
