@@ -167,13 +167,9 @@ func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.Function
 		// A new call with a finished one's label (its YAML applied again):
 		// this node's cache, which leaves such calls out, would lose it
 		// once claimed.
-		before := fc.ResourceVersion
-		patch := client.MergeFrom(fc.DeepCopy())
-		delete(fc.Labels, fnletv1.LabelFinished)
-		if err := r.Client.Patch(ctx, fc, patch); err != nil {
+		if err := r.patchMeta(ctx, fc, func() { delete(fc.Labels, fnletv1.LabelFinished) }); err != nil {
 			return false, ctrl.Result{}, client.IgnoreNotFound(fmt.Errorf("remove stale %s label: %w", fnletv1.LabelFinished, err))
 		}
-		r.memos.wrote(before, fc)
 	}
 	now := metav1.NewTime(r.Clock.Now())
 	fc.Status.NodeName = r.NodeName
@@ -666,21 +662,33 @@ func (r *FunctionCallReconciler) release(ctx context.Context, fc *fnletv1.Functi
 	if !controllerutil.ContainsFinalizer(fc, Finalizer) && !mark {
 		return nil
 	}
+	err := r.patchMeta(ctx, fc, func() {
+		controllerutil.RemoveFinalizer(fc, Finalizer)
+		if mark {
+			if fc.Labels == nil {
+				fc.Labels = map[string]string{}
+			}
+			fc.Labels[fnletv1.LabelFinished] = "true"
+		}
+	})
+	if apierrors.IsNotFound(err) {
+		r.memos.forget(fc)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("release call: %w", err)
+	}
+	return nil
+}
+
+// patchMeta applies change to fc's metadata with a merge patch, without a
+// resourceVersion precondition, and remembers the result (see memos).
+func (r *FunctionCallReconciler) patchMeta(ctx context.Context, fc *fnletv1.FunctionCall, change func()) error {
 	before := fc.ResourceVersion
 	patch := client.MergeFrom(fc.DeepCopy())
-	controllerutil.RemoveFinalizer(fc, Finalizer)
-	if mark {
-		if fc.Labels == nil {
-			fc.Labels = map[string]string{}
-		}
-		fc.Labels[fnletv1.LabelFinished] = "true"
-	}
+	change()
 	if err := r.Client.Patch(ctx, fc, patch); err != nil {
-		if apierrors.IsNotFound(err) {
-			r.memos.forget(fc)
-			return nil
-		}
-		return fmt.Errorf("release call: %w", err)
+		return err
 	}
 	r.memos.wrote(before, fc)
 	return nil

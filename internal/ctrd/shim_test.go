@@ -85,6 +85,22 @@ func TestStuckShimSignature(t *testing.T) {
 	if isShimDaemon(os.Getpid(), testNS, id) {
 		t.Error("the test process taken for a shim daemon")
 	}
+
+	// The shim of a running call serves: it must never be taken for stuck.
+	live := newTestRuntime(t, "")
+	call := testCall(t, "-sleep", "1s", "-stdout-text", "alive")
+	mustRun(t, live, call)
+	if n := live.reapStuckShim(ContainerID(call.UID)); n != 0 {
+		t.Fatalf("reaped %d shims of a running call", n)
+	}
+	s, err := live.Wait(ctxTimeout(t, 30*time.Second), call.UID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Result == nil || s.Result.ExitCode != 0 || string(s.Result.Stdout.Data) != "alive\n" {
+		t.Fatalf("the running call's result %+v", s.Result)
+	}
+	mustDelete(t, live, call.UID)
 }
 
 // startStuckShim starts the daemon of the runc shim that containerd at addr

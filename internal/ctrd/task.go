@@ -307,11 +307,14 @@ func (r *Runtime) newTask(ctx context.Context, h *callHandle, cfg cio.Config, re
 			continue
 		}
 		retry := err != nil && (isStaleBundle(err) || resumed && !errdefs.IsAlreadyExists(err) && !errdefs.IsInvalidArgument(err))
-		if retry && time.Now().After(deadline) && isStaleBundle(err) {
-			return nil, staleBundleError(err)
-		}
-		if !retry || time.Now().After(deadline) {
+		if !retry {
 			return task, err
+		}
+		if time.Now().After(deadline) {
+			if isStaleBundle(err) {
+				return nil, staleBundleError(err)
+			}
+			return nil, err
 		}
 		select {
 		case <-ctx.Done():
@@ -323,11 +326,11 @@ func (r *Runtime) newTask(ctx context.Context, h *callHandle, cfg cio.Config, re
 
 // ErrStaleBundle: containerd kept the task directory of an earlier,
 // interrupted create of the container. Its own cleanup can fail for good
-// (seen: the rootfs mounted by a shim that was still creating while
-// containerd cleaned up, "failed to remove bundle rootfs: directory not
-// empty"); then no task of that container ID can be made until containerd
-// restarts and cleans its state. The call fails with this reason instead
-// of waiting.
+// (seen: it unmounted the rootfs while runc was still setting it up, runc
+// then made its mount points in the bare directory, and removing the rootfs
+// failed with "directory not empty"); then no task of that container ID can
+// be made until containerd restarts and cleans its state. The call fails
+// with this reason instead of waiting.
 var ErrStaleBundle = errors.New("containerd still holds the task directory of an earlier, interrupted create of this container; it removes it when it restarts")
 
 // staleBundleError gives up on a bundle containerd does not remove. The
