@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -70,8 +69,7 @@ type FunctionCallReconciler struct {
 	// DefaultRunningWriteDelay; negative writes Running at once.
 	RunningWriteDelay time.Duration
 
-	finished finishedSet
-	memos    memos
+	calls tracker
 }
 
 // DefaultRunningWriteDelay: most function calls are short; a call that runs
@@ -92,13 +90,15 @@ func (r *FunctionCallReconciler) runningWriteDelay() time.Duration {
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
+// Reconcile reads top to bottom: fetch the freshest view of the call, skip
+// other nodes' calls, handle deletion, claim an unassigned call, clean up
+// after a finished one, and otherwise drive it forward.
 func (r *FunctionCallReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	fc, err := r.get(ctx, req.NamespacedName)
 	if err != nil || fc == nil {
 		return ctrl.Result{}, err
 	}
-	log := logf.FromContext(ctx).WithValues("uid", fc.UID)
-	ctx = logf.IntoContext(ctx, log)
+	ctx = logf.IntoContext(ctx, logf.FromContext(ctx).WithValues("uid", fc.UID))
 
 	switch {
 	case fc.Status.NodeName != "" && fc.Status.NodeName != r.NodeName:
@@ -112,7 +112,7 @@ func (r *FunctionCallReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		}
 	}
 	if fc.IsFinished() {
-		return r.afterFinish(ctx, fc)
+		return r.cleanUp(ctx, fc)
 	}
 	return r.drive(ctx, fc)
 }
@@ -126,33 +126,21 @@ func (r *FunctionCallReconciler) get(ctx context.Context, key types.NamespacedNa
 		err = r.Unassigned.Get(ctx, key, &fc)
 	}
 	if apierrors.IsNotFound(err) {
-		return r.memos.resolve(key, nil), nil
+		return r.calls.resolve(key, nil), nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get %s: %w", key, err)
 	}
-	return r.memos.resolve(key, &fc), nil
+	return r.calls.resolve(key, &fc), nil
 }
 
-// updateStatus writes fc's status and remembers the result (see memos).
-func (r *FunctionCallReconciler) updateStatus(ctx context.Context, fc *fnletv1.FunctionCall) error {
-	before := fc.ResourceVersion
-	if err := r.Client.Status().Update(ctx, fc); err != nil {
-		return err
-	}
-	r.memos.wrote(before, fc)
-	return nil
-}
+// ---- claim ----
 
 // claim binds an unassigned call to this node if it may run here and the
 // node has room. The status write carries the resourceVersion we read, so
 // of several nodes racing, exactly one succeeds; the others get a conflict
 // and drop the call.
 func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.FunctionCall) (bool, ctrl.Result, error) {
-	if !fc.DeletionTimestamp.IsZero() {
-		// Never ours, no container: just let it go.
-		return false, ctrl.Result{}, r.release(ctx, fc)
-	}
 	if fc.Spec.NodeName != "" && fc.Spec.NodeName != r.NodeName {
 		return false, ctrl.Result{}, nil
 	}
@@ -228,28 +216,22 @@ func (r *FunctionCallReconciler) memoryOf(fc *fnletv1.FunctionCall) int64 {
 	return r.Limits.DefaultMemoryBytes
 }
 
+// ---- run ----
+
 // drive moves a claimed, unfinished call forward from what the runtime
 // reports — the runtime is the truth, the status may lag behind it.
 func (r *FunctionCallReconciler) drive(ctx context.Context, fc *fnletv1.FunctionCall) (ctrl.Result, error) {
-	if r.finished.has(fc.UID) {
-		// We wrote this call's final status already; the cache has not caught
-		// up. Acting on the stale copy could start a finished call again.
-		return ctrl.Result{}, nil
-	}
-	retrying := meta.IsStatusConditionTrue(fc.Status.Conditions, conditionRetrying)
 	// An attempt this process started and has not written as Running yet:
 	// the runtime knows how it is doing, no second start.
-	startedAttempt, startedAt := r.memos.pendingStart(fc)
-	if startedAttempt > 0 {
-		fc.Status.Attempts = max(fc.Status.Attempts, startedAttempt)
+	pending, _ := r.calls.pendingStart(fc)
+	if pending > 0 {
+		fc.Status.Attempts = max(fc.Status.Attempts, pending)
 	}
-	if fc.Status.Phase != fnletv1.PhaseRunning && !retrying && startedAttempt == 0 {
+	retrying := meta.IsStatusConditionTrue(fc.Status.Conditions, conditionRetrying)
+	if fc.Status.Phase != fnletv1.PhaseRunning && !retrying && pending == 0 {
 		// The cold path: nothing started yet as far as the status knows. Run
 		// is idempotent and resumes a container an earlier attempt left, so
 		// no State round trip first.
-		if fc.Spec.Cancel {
-			return ctrl.Result{}, r.fail(ctx, fc, fnletv1.ReasonCancelled, "cancelled before it started", nil)
-		}
 		return r.start(ctx, fc)
 	}
 	if err := r.ensureFinalizer(ctx, fc); err != nil {
@@ -261,44 +243,21 @@ func (r *FunctionCallReconciler) drive(ctx context.Context, fc *fnletv1.Function
 	}
 	switch st.Phase {
 	case ctrd.PhaseExited:
-		if startedAttempt == 0 {
-			return r.finish(ctx, fc, st)
+		if pending > 0 {
+			// It exited before its Running write was due: the final status
+			// carries the start too.
+			r.applyStarted(fc, st)
 		}
-		// It exited before its Running write was due: the final status
-		// carries the start too.
-		r.applyStarted(fc, st)
-		res, err := r.finish(ctx, fc, st)
-		if fc.IsFinished() && r.finished.has(fc.UID) {
-			r.Metrics.observeStart(fc)
-		}
-		return res, err
+		return r.finish(ctx, fc, st)
 	case ctrd.PhaseRunning:
-		if fc.Status.Phase != fnletv1.PhaseRunning {
-			if startedAttempt > 0 {
-				if wait := startedAt.Add(r.runningWriteDelay()).Sub(r.Clock.Now()); wait > 0 {
-					if fc.Spec.Cancel || !r.Clock.Now().Before(r.deadline(fc)) {
-						return r.enforceDeadline(ctx, fc) // stop it; the exit writes the rest
-					}
-					return ctrl.Result{RequeueAfter: min(wait, r.deadline(fc).Sub(r.Clock.Now()))}, nil
-				}
-			}
-			// Running longer than the write delay, or started by an earlier
-			// attempt whose status write was lost.
-			if err := r.markRunning(ctx, fc, st); err != nil {
-				return ctrl.Result{}, err
-			}
-		}
-		return r.enforceDeadline(ctx, fc)
+		return r.running(ctx, fc, st)
 	}
 	// No container, or one whose task never started (a crash between
 	// creating it and starting the task): Run resumes the latter.
-	if !retrying || startedAttempt > 0 {
+	if !retrying || pending > 0 {
 		return r.runtimeFailure(ctx, fc, errors.New("the container disappeared while the call was running"))
 	}
-	if fc.Spec.Cancel {
-		return ctrl.Result{}, r.fail(ctx, fc, fnletv1.ReasonCancelled, "cancelled before it started", nil)
-	}
-	if c := meta.FindStatusCondition(fc.Status.Conditions, conditionRetrying); c != nil && c.Status == metav1.ConditionTrue {
+	if c := meta.FindStatusCondition(fc.Status.Conditions, conditionRetrying); c != nil {
 		// Our own status write wakes us at once: wait out the backoff.
 		if left := c.LastTransitionTime.Add(retryBackoff(fc.Status.Attempts)).Sub(r.Clock.Now()); left > 0 {
 			return ctrl.Result{RequeueAfter: left}, nil
@@ -307,10 +266,14 @@ func (r *FunctionCallReconciler) drive(ctx context.Context, fc *fnletv1.Function
 	return r.start(ctx, fc)
 }
 
+// start makes sure the image is there and starts an attempt.
 func (r *FunctionCallReconciler) start(ctx context.Context, fc *fnletv1.FunctionCall) (ctrl.Result, error) {
+	if fc.Spec.Cancel {
+		return r.fail(ctx, fc, fnletv1.ReasonCancelled, "cancelled before it started")
+	}
 	call, auth, err := inputResolver{reader: r.APIReader}.buildCall(ctx, fc, r.Limits)
 	if errors.Is(err, errInvalidSpec) {
-		return ctrl.Result{}, r.fail(ctx, fc, fnletv1.ReasonInvalidSpec, err.Error(), nil)
+		return r.fail(ctx, fc, fnletv1.ReasonInvalidSpec, err.Error())
 	}
 	if err != nil {
 		return ctrl.Result{}, err
@@ -325,7 +288,7 @@ func (r *FunctionCallReconciler) start(ctx context.Context, fc *fnletv1.Function
 	var ie *ctrd.ImageError
 	if errors.As(err, &ie) {
 		fc.Status.PullError = fnletv1.PullError(ie.Class)
-		return ctrl.Result{}, r.fail(ctx, fc, fnletv1.ReasonImagePullFailed, fmt.Sprintf("pull %s: %v", fc.Spec.Image, ie.Err), nil)
+		return r.fail(ctx, fc, fnletv1.ReasonImagePullFailed, fmt.Sprintf("pull %s: %v", fc.Spec.Image, ie.Err))
 	}
 	if err != nil {
 		return r.runtimeFailure(ctx, fc, fmt.Errorf("pull %s: %w", fc.Spec.Image, err))
@@ -342,7 +305,7 @@ func (r *FunctionCallReconciler) start(ctx context.Context, fc *fnletv1.Function
 	st, err := r.Runtime.Run(ctx, call)
 	if err != nil {
 		if isInvalidArgument(err) {
-			return ctrl.Result{}, r.fail(ctx, fc, fnletv1.ReasonInvalidSpec, err.Error(), nil)
+			return r.fail(ctx, fc, fnletv1.ReasonInvalidSpec, err.Error())
 		}
 		return r.runtimeFailure(ctx, fc, fmt.Errorf("start: %w", err))
 	}
@@ -350,20 +313,40 @@ func (r *FunctionCallReconciler) start(ctx context.Context, fc *fnletv1.Function
 		// An earlier attempt's container, which exited meanwhile.
 		return r.finish(ctx, fc, st)
 	}
-	if d := r.runningWriteDelay(); d > 0 {
+	if r.runningWriteDelay() > 0 {
 		// Most calls exit within the delay: their exit event finds this
 		// pending start and writes the final status directly.
-		r.memos.started(fc, fc.Status.Attempts, r.Clock.Now())
-		left := r.deadline(fc).Sub(r.Clock.Now())
-		if fc.Spec.Cancel || left <= 0 {
-			return r.enforceDeadline(ctx, fc)
-		}
-		return ctrl.Result{RequeueAfter: min(d, left)}, nil
+		r.calls.started(fc, fc.Status.Attempts, r.Clock.Now())
 	}
-	if err := r.markRunning(ctx, fc, st); err != nil {
-		return ctrl.Result{}, err
+	return r.running(ctx, fc, st)
+}
+
+// running handles a call whose container runs: its Running write once it
+// is due, then the deadline.
+func (r *FunctionCallReconciler) running(ctx context.Context, fc *fnletv1.FunctionCall, st ctrd.State) (ctrl.Result, error) {
+	if fc.Status.Phase != fnletv1.PhaseRunning {
+		wait := r.runningWriteWait(fc)
+		if wait > 0 && !fc.Spec.Cancel && r.Clock.Now().Before(r.deadline(fc)) {
+			return ctrl.Result{RequeueAfter: min(wait, r.deadline(fc).Sub(r.Clock.Now()))}, nil
+		}
+		if wait == 0 {
+			if err := r.markRunning(ctx, fc, st); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
 	}
 	return r.enforceDeadline(ctx, fc)
+}
+
+// runningWriteWait is how much longer the Running write of a start this
+// process made may wait (0: write it now). A call started by an earlier
+// process, or whose status write was lost, has none pending: write now.
+func (r *FunctionCallReconciler) runningWriteWait(fc *fnletv1.FunctionCall) time.Duration {
+	n, at := r.calls.pendingStart(fc)
+	if n == 0 {
+		return 0
+	}
+	return max(at.Add(r.runningWriteDelay()).Sub(r.Clock.Now()), 0)
 }
 
 func (r *FunctionCallReconciler) markRunning(ctx context.Context, fc *fnletv1.FunctionCall, st ctrd.State) error {
@@ -372,7 +355,7 @@ func (r *FunctionCallReconciler) markRunning(ctx context.Context, fc *fnletv1.Fu
 	if err := r.updateStatus(ctx, fc); err != nil {
 		return fmt.Errorf("record start: %w", err)
 	}
-	r.memos.clearStart(fc)
+	r.calls.clearStart(fc)
 	r.Metrics.observeStart(fc)
 	// No Normal Event: the Started condition and status.startedAt say it.
 	return nil
@@ -436,9 +419,62 @@ func (r *FunctionCallReconciler) deadline(fc *fnletv1.FunctionCall) time.Time {
 	return from.Add(r.timeout(fc))
 }
 
-// finish writes the outcome of an exited call, then removes its container.
-// The status comes first: if we die in between, the next reconcile finds a
-// finished call and only cleans up.
+// runtimeFailure retries failures that are not the user's fault, up to
+// spec.retries attempts beyond the first, with exponential backoff; then
+// fails with RuntimeError. A containerd outage is waited out until the
+// call's deadline: the call may well be alive in its shim.
+func (r *FunctionCallReconciler) runtimeFailure(ctx context.Context, fc *fnletv1.FunctionCall, cause error) (ctrl.Result, error) {
+	if ctrd.IsUnavailable(cause) {
+		if r.Clock.Now().Before(r.deadline(fc)) {
+			r.event(fc, corev1.EventTypeWarning, "RuntimeUnavailable", "Wait", "containerd unavailable: %v", cause)
+			return ctrl.Result{RequeueAfter: time.Second}, nil
+		}
+		// No retry: the call's time is up, another attempt would only start
+		// a process past its deadline.
+		return r.fail(ctx, fc, fnletv1.ReasonRuntimeError,
+			fmt.Sprintf("containerd was unavailable until the call's timeout (%s) passed: %v", r.timeout(fc), cause))
+	}
+	retries := int32(0)
+	if fc.Spec.Retries != nil {
+		retries = *fc.Spec.Retries
+	}
+	if fc.Status.Attempts > retries {
+		return r.fail(ctx, fc, fnletv1.ReasonRuntimeError, cause.Error())
+	}
+	if err := r.Runtime.Delete(ctx, string(fc.UID)); err != nil {
+		return ctrl.Result{}, fmt.Errorf("clean before retry: %w", err)
+	}
+	backoff := retryBackoff(fc.Status.Attempts)
+	// The condition's transition time is when this attempt failed: the
+	// backoff counts from it.
+	meta.RemoveStatusCondition(&fc.Status.Conditions, conditionRetrying)
+	meta.SetStatusCondition(&fc.Status.Conditions, metav1.Condition{Type: conditionRetrying, Status: metav1.ConditionTrue,
+		Reason: string(fnletv1.ReasonRuntimeError), Message: cause.Error(), ObservedGeneration: fc.Generation,
+		LastTransitionTime: metav1.NewTime(r.Clock.Now())})
+	if err := r.updateStatus(ctx, fc); err != nil {
+		return ctrl.Result{}, fmt.Errorf("record retry: %w", err)
+	}
+	r.calls.clearStart(fc)
+	r.event(fc, corev1.EventTypeWarning, "Retrying", "Retry", "attempt %d failed (%v); retrying in %s", fc.Status.Attempts, cause, backoff)
+	return ctrl.Result{RequeueAfter: backoff}, nil
+}
+
+// conditionRetrying is True between a failed attempt and the next start.
+const conditionRetrying = "Retrying"
+
+// retryBackoff is the wait after the given number of failed attempts.
+func retryBackoff(attempts int32) time.Duration {
+	return time.Duration(1<<min(attempts, 6)) * time.Second
+}
+
+// ---- end ----
+//
+// Every call ends through end: final status → remove the container →
+// release (finalizer off, finished label on) → TTL. The status comes
+// first: if the manager dies after it, the next reconcile sees a finished
+// call and runs the rest (cleanUp). finish and fail only say how it ended.
+
+// finish ends a call whose container exited, from its result.
 func (r *FunctionCallReconciler) finish(ctx context.Context, fc *fnletv1.FunctionCall, st ctrd.State) (ctrl.Result, error) {
 	res := st.Result
 	phase, reason, msg := outcome(fc, res, r.deadline(fc))
@@ -447,19 +483,7 @@ func (r *FunctionCallReconciler) finish(ctx context.Context, fc *fnletv1.Functio
 		t := metav1.NewTime(res.StartedAt)
 		fc.Status.StartedAt = &t
 	}
-	if err := r.complete(ctx, fc, phase, reason, msg); err != nil {
-		return ctrl.Result{}, err
-	}
-	if err := r.Runtime.Delete(ctx, string(fc.UID)); err != nil {
-		return ctrl.Result{}, fmt.Errorf("remove container after finish: %w", err)
-	}
-	r.finished.markRemoved(fc.UID)
-	// The container is gone: let go of the call now rather than in the
-	// reconcile our status write causes.
-	if err := r.release(ctx, fc); err != nil {
-		return ctrl.Result{}, err
-	}
-	return r.ttlResult(ctx, fc)
+	return r.end(ctx, fc, phase, reason, msg)
 }
 
 // outcome maps a runtime result to phase, reason and message. What fnlet
@@ -505,106 +529,50 @@ func applyResult(fc *fnletv1.FunctionCall, res *ctrd.Result) {
 	}
 }
 
-// complete writes a final phase. It is the only way a call finishes.
-func (r *FunctionCallReconciler) complete(ctx context.Context, fc *fnletv1.FunctionCall, phase fnletv1.CallPhase, reason fnletv1.CallReason, msg string) error {
+// fail ends a call that produced no result.
+func (r *FunctionCallReconciler) fail(ctx context.Context, fc *fnletv1.FunctionCall, reason fnletv1.CallReason, msg string) (ctrl.Result, error) {
+	return r.end(ctx, fc, fnletv1.PhaseFailed, reason, msg)
+}
+
+// end writes the final status, then does what is left (cleanUp).
+func (r *FunctionCallReconciler) end(ctx context.Context, fc *fnletv1.FunctionCall, phase fnletv1.CallPhase, reason fnletv1.CallReason, msg string) (ctrl.Result, error) {
 	fc.Status.Phase, fc.Status.Reason, fc.Status.Message = phase, reason, msg
 	if fc.Status.FinishedAt == nil {
 		t := metav1.NewTime(r.Clock.Now())
 		fc.Status.FinishedAt = &t
 	}
 	fc.Status.ObservedGeneration = fc.Generation
+	meta.RemoveStatusCondition(&fc.Status.Conditions, conditionRetrying)
 	setCondition(fc, fnletv1.ConditionFinished, metav1.ConditionTrue, string(reason), msg)
 	if err := r.updateStatus(ctx, fc); err != nil {
-		return fmt.Errorf("record %s: %w", phase, err)
+		return ctrl.Result{}, fmt.Errorf("record %s: %w", phase, err)
 	}
-	r.finished.add(fc.UID)
-	r.memos.clearStart(fc)
+	if n, _ := r.calls.pendingStart(fc); n > 0 {
+		r.Metrics.observeStart(fc) // its start went out with this write
+		r.calls.clearStart(fc)
+	}
 	r.Metrics.observeFinish(fc)
 	// A success is in the status; every failure is also a Warning Event.
 	if phase != fnletv1.PhaseSucceeded {
 		r.event(fc, corev1.EventTypeWarning, string(reason), "Finish", "%s", msg)
 	}
-	return nil
+	return r.cleanUp(ctx, fc)
 }
 
-// fail ends a call that never produced a result.
-func (r *FunctionCallReconciler) fail(ctx context.Context, fc *fnletv1.FunctionCall, reason fnletv1.CallReason, msg string, _ error) error {
-	meta.RemoveStatusCondition(&fc.Status.Conditions, conditionRetrying)
-	if err := r.complete(ctx, fc, fnletv1.PhaseFailed, reason, msg); err != nil {
-		return err
-	}
-	if err := r.Runtime.Delete(ctx, string(fc.UID)); err != nil {
-		return fmt.Errorf("remove container after failure: %w", err)
-	}
-	r.finished.markRemoved(fc.UID)
-	return r.release(ctx, fc)
-}
-
-// runtimeFailure retries failures that are not the user's fault, up to
-// spec.retries attempts beyond the first, with exponential backoff; then
-// fails with RuntimeError. A containerd outage is waited out until the
-// call's deadline: the call may well be alive in its shim.
-func (r *FunctionCallReconciler) runtimeFailure(ctx context.Context, fc *fnletv1.FunctionCall, cause error) (ctrl.Result, error) {
-	if ctrd.IsUnavailable(cause) {
-		if r.Clock.Now().Before(r.deadline(fc)) {
-			r.event(fc, corev1.EventTypeWarning, "RuntimeUnavailable", "Wait", "containerd unavailable: %v", cause)
-			return ctrl.Result{RequeueAfter: time.Second}, nil
-		}
-		// No retry: the call's time is up, another attempt would only start
-		// a process past its deadline.
-		return ctrl.Result{}, r.fail(ctx, fc, fnletv1.ReasonRuntimeError,
-			fmt.Sprintf("containerd was unavailable until the call's timeout (%s) passed: %v", r.timeout(fc), cause), cause)
-	}
-	retries := int32(0)
-	if fc.Spec.Retries != nil {
-		retries = *fc.Spec.Retries
-	}
-	if fc.Status.Attempts > retries {
-		return ctrl.Result{}, r.fail(ctx, fc, fnletv1.ReasonRuntimeError, cause.Error(), cause)
-	}
-	if err := r.Runtime.Delete(ctx, string(fc.UID)); err != nil {
-		return ctrl.Result{}, fmt.Errorf("clean before retry: %w", err)
-	}
-	backoff := retryBackoff(fc.Status.Attempts)
-	// The condition's transition time is when this attempt failed: the
-	// backoff counts from it.
-	meta.RemoveStatusCondition(&fc.Status.Conditions, conditionRetrying)
-	meta.SetStatusCondition(&fc.Status.Conditions, metav1.Condition{Type: conditionRetrying, Status: metav1.ConditionTrue,
-		Reason: string(fnletv1.ReasonRuntimeError), Message: cause.Error(), ObservedGeneration: fc.Generation,
-		LastTransitionTime: metav1.NewTime(r.Clock.Now())})
-	if err := r.updateStatus(ctx, fc); err != nil {
-		return ctrl.Result{}, fmt.Errorf("record retry: %w", err)
-	}
-	r.memos.clearStart(fc)
-	r.event(fc, corev1.EventTypeWarning, "Retrying", "Retry", "attempt %d failed (%v); retrying in %s", fc.Status.Attempts, cause, backoff)
-	return ctrl.Result{RequeueAfter: backoff}, nil
-}
-
-// conditionRetrying is True between a failed attempt and the next start.
-const conditionRetrying = "Retrying"
-
-// retryBackoff is the wait after the given number of failed attempts.
-func retryBackoff(attempts int32) time.Duration {
-	return time.Duration(1<<min(attempts, 6)) * time.Second
-}
-
-// afterFinish removes a finished call's container (if a crash left it) and
-// applies ttlSecondsAfterFinished.
-func (r *FunctionCallReconciler) afterFinish(ctx context.Context, fc *fnletv1.FunctionCall) (ctrl.Result, error) {
-	// Skip the runtime round trip when this process removed the container
-	// after writing the result: nothing runs a finished call again.
-	if !r.finished.removed(fc.UID) {
+// cleanUp finishes the work on a finished call: remove its container
+// (unless this process did already), release it, then apply
+// ttlSecondsAfterFinished. Each step is idempotent, so a crash anywhere
+// only means it runs again.
+func (r *FunctionCallReconciler) cleanUp(ctx context.Context, fc *fnletv1.FunctionCall) (ctrl.Result, error) {
+	if !r.calls.removed(fc) {
 		if err := r.Runtime.Delete(ctx, string(fc.UID)); err != nil {
 			return ctrl.Result{}, fmt.Errorf("remove container of finished call: %w", err)
 		}
+		r.calls.markRemoved(fc)
 	}
 	if err := r.release(ctx, fc); err != nil {
 		return ctrl.Result{}, err
 	}
-	return r.ttlResult(ctx, fc)
-}
-
-func (r *FunctionCallReconciler) ttlResult(ctx context.Context, fc *fnletv1.FunctionCall) (ctrl.Result, error) {
 	if fc.Spec.TTLSecondsAfterFinished == nil || fc.Status.FinishedAt == nil {
 		return ctrl.Result{}, nil
 	}
@@ -619,7 +587,8 @@ func (r *FunctionCallReconciler) ttlResult(ctx context.Context, fc *fnletv1.Func
 	return ctrl.Result{}, nil
 }
 
-// finalize handles deletion: kill and clean the container, then let go.
+// finalize handles deletion, at any phase: kill and remove the container,
+// then let go of the call.
 func (r *FunctionCallReconciler) finalize(ctx context.Context, fc *fnletv1.FunctionCall) error {
 	if !controllerutil.ContainsFinalizer(fc, Finalizer) {
 		return nil
@@ -630,32 +599,15 @@ func (r *FunctionCallReconciler) finalize(ctx context.Context, fc *fnletv1.Funct
 	if !fc.IsFinished() {
 		r.event(fc, corev1.EventTypeNormal, "Deleted", "Delete", "Call deleted while %s: container killed and removed", fc.Status.Phase)
 	}
-	r.memos.clearStart(fc)
+	r.calls.clearStart(fc)
 	return r.release(ctx, fc)
-}
-
-func (r *FunctionCallReconciler) ensureFinalizer(ctx context.Context, fc *fnletv1.FunctionCall) error {
-	if controllerutil.ContainsFinalizer(fc, Finalizer) {
-		return nil
-	}
-	before, status := fc.ResourceVersion, fc.Status.DeepCopy()
-	patch := client.MergeFromWithOptions(fc.DeepCopy(), client.MergeFromWithOptimisticLock{})
-	controllerutil.AddFinalizer(fc, Finalizer)
-	if err := r.Client.Patch(ctx, fc, patch); err != nil {
-		return fmt.Errorf("add finalizer: %w", err)
-	}
-	r.memos.wrote(before, fc)
-	// The patch returns the stored status: keep what this reconcile set
-	// and has yet to write (the attempt count).
-	fc.Status = *status
-	return nil
 }
 
 // release lets go of a call whose container is gone, in one patch: it
 // drops the finalizer and, once nothing is left for this process to do
-// with a finished call (no TTL to enforce), sets fnletv1.LabelFinished, which takes
-// the call out of this node's cache: memory does not grow with the number
-// of finished calls kept.
+// with a finished call (no TTL to enforce), sets fnletv1.LabelFinished,
+// which takes the call out of this node's cache: memory does not grow with
+// the number of finished calls kept.
 func (r *FunctionCallReconciler) release(ctx context.Context, fc *fnletv1.FunctionCall) error {
 	mark := fc.IsFinished() && fc.Spec.TTLSecondsAfterFinished == nil && fc.DeletionTimestamp.IsZero() &&
 		fc.Labels[fnletv1.LabelFinished] != "true"
@@ -672,7 +624,7 @@ func (r *FunctionCallReconciler) release(ctx context.Context, fc *fnletv1.Functi
 		}
 	})
 	if apierrors.IsNotFound(err) {
-		r.memos.forget(fc)
+		r.calls.forget(fc)
 		return nil
 	}
 	if err != nil {
@@ -681,8 +633,37 @@ func (r *FunctionCallReconciler) release(ctx context.Context, fc *fnletv1.Functi
 	return nil
 }
 
+// ---- writes ----
+
+// updateStatus writes fc's status and remembers the result (see tracker).
+func (r *FunctionCallReconciler) updateStatus(ctx context.Context, fc *fnletv1.FunctionCall) error {
+	before := fc.ResourceVersion
+	if err := r.Client.Status().Update(ctx, fc); err != nil {
+		return err
+	}
+	r.calls.wrote(before, fc)
+	return nil
+}
+
+func (r *FunctionCallReconciler) ensureFinalizer(ctx context.Context, fc *fnletv1.FunctionCall) error {
+	if controllerutil.ContainsFinalizer(fc, Finalizer) {
+		return nil
+	}
+	before, status := fc.ResourceVersion, fc.Status.DeepCopy()
+	patch := client.MergeFromWithOptions(fc.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	controllerutil.AddFinalizer(fc, Finalizer)
+	if err := r.Client.Patch(ctx, fc, patch); err != nil {
+		return fmt.Errorf("add finalizer: %w", err)
+	}
+	r.calls.wrote(before, fc)
+	// The patch returns the stored status: keep what this reconcile set
+	// and has yet to write (the attempt count).
+	fc.Status = *status
+	return nil
+}
+
 // patchMeta applies change to fc's metadata with a merge patch, without a
-// resourceVersion precondition, and remembers the result (see memos).
+// resourceVersion precondition, and remembers the result (see tracker).
 func (r *FunctionCallReconciler) patchMeta(ctx context.Context, fc *fnletv1.FunctionCall, change func()) error {
 	before := fc.ResourceVersion
 	patch := client.MergeFrom(fc.DeepCopy())
@@ -690,7 +671,7 @@ func (r *FunctionCallReconciler) patchMeta(ctx context.Context, fc *fnletv1.Func
 	if err := r.Client.Patch(ctx, fc, patch); err != nil {
 		return err
 	}
-	r.memos.wrote(before, fc)
+	r.calls.wrote(before, fc)
 	return nil
 }
 
@@ -704,55 +685,4 @@ func setCondition(fc *fnletv1.FunctionCall, typ string, status metav1.ConditionS
 	meta.SetStatusCondition(&fc.Status.Conditions, metav1.Condition{
 		Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: fc.Generation,
 	})
-}
-
-// finishedSet remembers the calls this process finished, so a reconcile of a
-// stale cached copy never acts on them again, and whether it removed their
-// container since. Bounded: the oldest entries go first; by then the cache
-// has long caught up.
-type finishedSet struct {
-	mu    sync.Mutex
-	set   map[types.UID]bool // true: container removed
-	order []types.UID
-}
-
-const finishedSetSize = 10000
-
-func (f *finishedSet) add(uid types.UID) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.set == nil {
-		f.set = map[types.UID]bool{}
-	}
-	if _, ok := f.set[uid]; ok {
-		return
-	}
-	f.set[uid] = false
-	f.order = append(f.order, uid)
-	if len(f.order) > finishedSetSize {
-		delete(f.set, f.order[0])
-		f.order = f.order[1:]
-	}
-}
-
-func (f *finishedSet) has(uid types.UID) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	_, ok := f.set[uid]
-	return ok
-}
-
-// markRemoved records that a finished call's container is gone.
-func (f *finishedSet) markRemoved(uid types.UID) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if _, ok := f.set[uid]; ok {
-		f.set[uid] = true
-	}
-}
-
-func (f *finishedSet) removed(uid types.UID) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.set[uid]
 }

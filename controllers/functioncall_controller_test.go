@@ -1339,6 +1339,36 @@ func TestUnitReconcileFinishWithTTLZero(t *testing.T) {
 	checkResult(t, h.mustReconcile("a"), ctrl.Result{})
 }
 
+// A call that fails before it ran ends through the same path as one that
+// exited: final status, container removed, released, then its TTL.
+func TestUnitReconcileFailureAppliesTTL(t *testing.T) {
+	cases := map[string]struct {
+		call *fnletv1.FunctionCall
+		want ctrl.Result
+	}{
+		"cancelled before it started, TTL 60": {call: newCall("a").Cancel().TTLSecondsAfterFinished(60).Obj(), want: ctrl.Result{RequeueAfter: time.Minute}},
+		"pull failed, TTL 30":                 {call: newCall("a").Image("localhost/nope:v1").ImagePullPolicy(corev1.PullNever).TTLSecondsAfterFinished(30).Obj(), want: ctrl.Result{RequeueAfter: 30 * time.Second}},
+		"cancelled before it started, TTL 0":  {call: newCall("a").Cancel().TTLSecondsAfterFinished(0).Obj()},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, tc.call)
+			h.rt.withImages(image)
+			checkResult(t, h.mustReconcile("a"), tc.want)
+			got := h.call("a")
+			if tc.want.RequeueAfter == 0 {
+				if got != nil {
+					t.Errorf("call kept (phase %s), want it deleted at its TTL of 0", got.Status.Phase)
+				}
+				return
+			}
+			if got == nil || got.Status.Phase != fnletv1.PhaseFailed {
+				t.Fatalf("call %v, want it Failed and kept until its TTL", got)
+			}
+		})
+	}
+}
+
 // Phases only move forward: a finished call is never run again, whatever
 // the runtime says.
 func TestUnitReconcileFinishedCallStaysFinished(t *testing.T) {
@@ -1382,20 +1412,4 @@ func TestUnitReconcileCallGone(t *testing.T) {
 	h := newHarness(t)
 	checkResult(t, h.mustReconcile("a"), ctrl.Result{})
 	checkRuntime(t, h.rt.recorded(), nil)
-}
-
-func TestUnitFinishedSetIsBounded(t *testing.T) {
-	var f finishedSet
-	for i := 0; i < finishedSetSize+10; i++ {
-		f.add(types.UID(fmt.Sprint(i)))
-	}
-	if f.has("0") || f.has("9") {
-		t.Errorf("oldest entries kept beyond the bound")
-	}
-	if !f.has("10") || !f.has(types.UID(fmt.Sprint(finishedSetSize+9))) {
-		t.Errorf("recent entries lost")
-	}
-	if len(f.set) != finishedSetSize || len(f.order) != finishedSetSize {
-		t.Errorf("size %d/%d, want %d", len(f.set), len(f.order), finishedSetSize)
-	}
 }

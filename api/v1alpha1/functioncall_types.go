@@ -290,20 +290,18 @@ type CallSecurityContext struct {
 
 /*
 Status is written only by the manager that claimed the call. Phase moves
-forward only: Pending → Pulling → Running → Succeeded | Failed. Reason and
+forward only: Pending → Running → Succeeded | Failed. Reason and
 Message say why a call ended where it did, in words meant for the user.
 */
 
 // CallPhase is where a call is in its life.
-// +kubebuilder:validation:Enum=Pending;Pulling;Running;Succeeded;Failed
+// +kubebuilder:validation:Enum=Pending;Running;Succeeded;Failed
 type CallPhase string
 
 const (
 	// PhasePending: the call waits for a node to claim it, or was claimed and
-	// is being prepared.
+	// is being prepared (its image pulled, its container made).
 	PhasePending CallPhase = "Pending"
-	// PhasePulling: the claiming node is pulling the image.
-	PhasePulling CallPhase = "Pulling"
 	// PhaseRunning: the process has started.
 	PhaseRunning CallPhase = "Running"
 	// PhaseSucceeded: the process exited with code 0. Final.

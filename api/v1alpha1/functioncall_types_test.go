@@ -39,7 +39,6 @@ func TestUnitIsFinished(t *testing.T) {
 	}{
 		"new":       {call: utiltesting.MakeFunctionCall("a", "ns").Obj()},
 		"claimed":   {call: utiltesting.MakeFunctionCall("a", "ns").ClaimedBy("n1").Obj(), wantClaimed: true},
-		"pulling":   {call: utiltesting.MakeFunctionCall("a", "ns").ClaimedBy("n1").Pulling().Obj(), wantClaimed: true},
 		"running":   {call: utiltesting.MakeFunctionCall("a", "ns").ClaimedBy("n1").Running().Obj(), wantClaimed: true},
 		"succeeded": {call: utiltesting.MakeFunctionCall("a", "ns").ClaimedBy("n1").Running().Succeeded().Obj(), wantFinished: true, wantClaimed: true},
 		"failed": {

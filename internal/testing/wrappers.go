@@ -333,10 +333,9 @@ func (w *FunctionCallWrapper) ClaimedBy(node string) *FunctionCallWrapper {
 	return w.condition(fnletv1alpha1.ConditionClaimed, metav1.ConditionTrue, "Claimed", "claimed by node "+node)
 }
 
-// Pulling records that the node pulls the image.
-func (w *FunctionCallWrapper) Pulling() *FunctionCallWrapper {
-	w.Status.Phase = fnletv1alpha1.PhasePulling
-	return w.condition(fnletv1alpha1.ConditionImageReady, metav1.ConditionFalse, "Pulling", "pulling image "+w.Spec.Image)
+// ImageMissing records that the image is not on the node (ImageReady False).
+func (w *FunctionCallWrapper) ImageMissing() *FunctionCallWrapper {
+	return w.condition(fnletv1alpha1.ConditionImageReady, metav1.ConditionFalse, "ImageMissing", "image "+w.Spec.Image+" is not on the node")
 }
 
 // Running records that the process started: phase Running, startedAt, one

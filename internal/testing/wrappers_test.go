@@ -132,15 +132,15 @@ func TestUnitFunctionCallStatusHelpers(t *testing.T) {
 				}
 			},
 		},
-		"pulling": {
-			got:       MakeFunctionCall("a", "ns").Now(t0).ClaimedBy("n1").Pulling().Obj(),
-			wantPhase: fnletv1alpha1.PhasePulling,
+		"image missing": {
+			got:       MakeFunctionCall("a", "ns").Now(t0).ClaimedBy("n1").ImageMissing().Obj(),
+			wantPhase: fnletv1alpha1.PhasePending,
 			wantConditions: map[string]metav1.ConditionStatus{
 				fnletv1alpha1.ConditionClaimed: metav1.ConditionTrue, fnletv1alpha1.ConditionImageReady: metav1.ConditionFalse,
 			},
 		},
 		"running": {
-			got:       MakeFunctionCall("a", "ns").Now(t0).ClaimedBy("n1").Pulling().Now(t1).Running().ContainerID("c1").Obj(),
+			got:       MakeFunctionCall("a", "ns").Now(t0).ClaimedBy("n1").ImageMissing().Now(t1).Running().ContainerID("c1").Obj(),
 			wantPhase: fnletv1alpha1.PhaseRunning,
 			wantConditions: map[string]metav1.ConditionStatus{
 				fnletv1alpha1.ConditionClaimed: metav1.ConditionTrue, fnletv1alpha1.ConditionImageReady: metav1.ConditionTrue,
@@ -193,7 +193,7 @@ func TestUnitFunctionCallStatusHelpers(t *testing.T) {
 			},
 		},
 		"pull failure": {
-			got: MakeFunctionCall("a", "ns").Now(t0).ClaimedBy("n1").Pulling().PullError(fnletv1alpha1.PullErrorNotFound).
+			got: MakeFunctionCall("a", "ns").Now(t0).ClaimedBy("n1").ImageMissing().PullError(fnletv1alpha1.PullErrorNotFound).
 				Failed(fnletv1alpha1.ReasonImagePullFailed, "image not found").Obj(),
 			wantPhase: fnletv1alpha1.PhaseFailed, wantReason: fnletv1alpha1.ReasonImagePullFailed,
 			wantConditions: map[string]metav1.ConditionStatus{

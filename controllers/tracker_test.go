@@ -59,8 +59,8 @@ func TestUnitReconcileDefersRunningWrite(t *testing.T) {
 		}
 		checkRuntime(t, h.rt.recorded(), []string{"State uid-a", "Delete uid-a"})
 		checkEvents(t, h.events(), nil)
-		if n := h.r.memos.len(); n != 1 { // the final write, until the cache shows it
-			t.Errorf("%d memos, want 1", n)
+		if n := h.r.calls.len(); n != 1 { // the final write, until the cache shows it
+			t.Errorf("%d tracked calls, want 1", n)
 		}
 	})
 	t.Run("a reconcile within the delay writes nothing and waits out the rest", func(t *testing.T) {
@@ -128,8 +128,8 @@ func TestUnitReconcileDefersRunningWrite(t *testing.T) {
 		if got.Status.Reason != fnletv1.ReasonRuntimeError || got.Status.Attempts != 1 {
 			t.Errorf("reason %s attempts %d, want RuntimeError after 1 attempt", got.Status.Reason, got.Status.Attempts)
 		}
-		if h.r.memos.pendingStart(got); h.r.memos.len() > 1 {
-			t.Errorf("memos left: %d", h.r.memos.len())
+		if h.r.calls.pendingStart(got); h.r.calls.len() > 1 {
+			t.Errorf("tracked calls left: %d", h.r.calls.len())
 		}
 	})
 }
@@ -197,11 +197,11 @@ func TestUnitReconcileStaleCacheUsesOwnWrites(t *testing.T) {
 		t.Errorf("%d status writes, want 3", n)
 	}
 
-	// The cache catches up: the memo goes.
+	// The cache catches up: the entry goes.
 	sc.thaw()
 	checkResult(t, h.mustReconcile("a"), ctrl.Result{})
-	if n := h.r.memos.len(); n != 0 {
-		t.Errorf("%d memos after the cache caught up, want 0", n)
+	if n := h.r.calls.len(); n != 0 {
+		t.Errorf("%d tracked calls after the cache caught up, want 0", n)
 	}
 }
 
@@ -221,20 +221,41 @@ func TestUnitReconcileNewerCacheBeatsOwnWrite(t *testing.T) {
 	checkRuntime(t, h.rt.recorded(), []string{"State uid-a", "Stop uid-a 5s"})
 }
 
-func TestUnitMemosBounded(t *testing.T) {
-	var ms memos
-	for i := range memoLimit + 10 {
+func TestUnitTrackerBounded(t *testing.T) {
+	var tr tracker
+	for i := range trackerLimit + 10 {
 		fc := newCall(fmt.Sprint("c", i)).Obj()
 		fc.ResourceVersion = "2"
-		ms.wrote("1", fc)
+		tr.wrote("1", fc)
 		if i == 0 {
-			ms.started(fc, 1, t0)
+			tr.started(fc, 1, t0)
 		}
 	}
-	if n := ms.len(); n > memoLimit {
-		t.Errorf("%d memos, want at most %d", n, memoLimit)
+	if n := tr.len(); n > trackerLimit {
+		t.Errorf("%d tracked calls, want at most %d", n, trackerLimit)
 	}
-	if n, _ := ms.pendingStart(newCall("c0").Obj()); n != 1 {
+	if n, _ := tr.pendingStart(newCall("c0").Obj()); n != 1 {
 		t.Error("a pending start was evicted")
+	}
+	if len(tr.byKey) != len(tr.calls) {
+		t.Errorf("name index has %d entries for %d calls", len(tr.byKey), len(tr.calls))
+	}
+}
+
+// A new call that takes a finished call's name starts with a clean entry.
+func TestUnitTrackerNewCallSameName(t *testing.T) {
+	var tr tracker
+	old := newCall("a").Obj()
+	old.UID, old.ResourceVersion = "uid-old", "2"
+	tr.wrote("1", old)
+	tr.markRemoved(old)
+
+	fresh := newCall("a").Obj()
+	fresh.UID, fresh.ResourceVersion = "uid-new", "5"
+	if got := tr.resolve(keyOf(fresh), fresh); got.UID != "uid-new" {
+		t.Errorf("resolve gave %s, want the new call", got.UID)
+	}
+	if tr.removed(fresh) || tr.len() != 0 {
+		t.Errorf("old entry leaked into the new call: removed %v, %d entries", tr.removed(fresh), tr.len())
 	}
 }
