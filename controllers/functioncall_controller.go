@@ -57,6 +57,13 @@ type FunctionCallReconciler struct {
 	Capacity   Capacity
 	Limits     Limits
 
+	// Nodes lists the fnlet nodes from their Leases; nil: this node alone.
+	Nodes NodeLister
+	// ClaimStagger: the node ranked k-th for a call (rendezvous order of
+	// the live nodes that fit it) waits k×ClaimStagger, at most
+	// maxStaggerRanks×, before it claims the call. 0: DefaultClaimStagger.
+	ClaimStagger time.Duration
+
 	DefaultTimeout time.Duration
 	MaxTimeout     time.Duration
 	KillGrace      time.Duration
@@ -136,16 +143,22 @@ func (r *FunctionCallReconciler) get(ctx context.Context, key types.NamespacedNa
 
 // ---- claim ----
 
-// claim binds an unassigned call to this node if it may run here and the
-// node has room. The status write carries the resourceVersion we read, so
-// of several nodes racing, exactly one succeeds; the others get a conflict
-// and drop the call.
+// DefaultClaimStagger and maxStaggerRanks: see ClaimStagger. With the
+// first-ranked node up and not full, a call costs one claim write; below
+// it, each rank waits a little longer, so a full or dead first node delays
+// a call by one stagger, and only the nodes past maxStaggerRanks can race.
+const (
+	DefaultClaimStagger = 200 * time.Millisecond
+	maxStaggerRanks     = 4
+)
+
+// claim binds an unassigned call to this node if it is this node's turn,
+// the call may run here and the node has room. The status write carries
+// the resourceVersion we read, so of several nodes racing, exactly one
+// succeeds; the others get a conflict and drop the call.
 func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.FunctionCall) (bool, ctrl.Result, error) {
-	if fc.Spec.NodeName != "" && fc.Spec.NodeName != r.NodeName {
-		return false, ctrl.Result{}, nil
-	}
-	if !labels.SelectorFromSet(fc.Spec.NodeSelector).Matches(r.NodeLabels) {
-		return false, ctrl.Result{}, nil
+	if wait, err := r.claimTurn(ctx, fc); err != nil || wait != 0 {
+		return false, ctrl.Result{RequeueAfter: max(wait, 0)}, err
 	}
 	if ok, err := r.hasRoom(ctx, fc); err != nil || !ok {
 		// A slot frees when a call finishes; poll gently until then.
@@ -179,6 +192,64 @@ func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.Function
 		r.event(fc, corev1.EventTypeWarning, "SuspiciousCommand", "Validate", "%s", w)
 	}
 	return true, ctrl.Result{}, nil
+}
+
+// claimTurn places the call among the live nodes (see place): 0 means
+// claim now, > 0 wait that long, < 0 never (it does not fit this node).
+// When no live node fits it, one node (the reporter) says so on the call.
+func (r *FunctionCallReconciler) claimTurn(ctx context.Context, fc *fnletv1.FunctionCall) (time.Duration, error) {
+	var nodes []Node
+	if r.Nodes != nil {
+		var err error
+		if nodes, err = r.Nodes.Nodes(ctx); err != nil {
+			return 0, err
+		}
+	}
+	now := r.Clock.Now()
+	self := Node{Name: r.NodeName, Labels: r.NodeLabels, MaxMemoryBytes: r.Limits.MaxMemoryBytes, MaxMilliCPU: r.Limits.MaxMilliCPU}
+	p := place(fc, self, nodes, now, r.Limits)
+	switch {
+	case p.unschedulable != "":
+		if !p.reporter {
+			return -1, nil
+		}
+		// Re-checked now and then: the message counts the live nodes.
+		return unschedulableRecheck, r.reportUnschedulable(ctx, fc, p.unschedulable)
+	case p.rank < 0:
+		return -1, nil // another node's to take
+	case p.rank == 0:
+		return 0, nil
+	}
+	stagger := r.ClaimStagger
+	if stagger <= 0 {
+		stagger = DefaultClaimStagger
+	}
+	due := r.calls.waitingSince(fc, now).Add(time.Duration(min(p.rank, maxStaggerRanks)) * stagger)
+	return max(due.Sub(now), 0), nil
+}
+
+// unschedulableRecheck is how often the reporter re-checks a call no node fits.
+const unschedulableRecheck = 10 * time.Second
+
+// reportUnschedulable records, once per distinct reason, that no live node
+// can take the call: condition Claimed=False/Unschedulable and a Warning
+// Event. The call stays Pending and is claimed when a fitting node appears.
+func (r *FunctionCallReconciler) reportUnschedulable(ctx context.Context, fc *fnletv1.FunctionCall, msg string) error {
+	if c := meta.FindStatusCondition(fc.Status.Conditions, fnletv1.ConditionClaimed); c != nil &&
+		c.Reason == fnletv1.ReasonUnschedulable && c.Message == msg {
+		return nil
+	}
+	fc.Status.Phase = fnletv1.PhasePending
+	fc.Status.ObservedGeneration = fc.Generation
+	setCondition(fc, fnletv1.ConditionClaimed, metav1.ConditionFalse, fnletv1.ReasonUnschedulable, msg)
+	if err := r.updateStatus(ctx, fc); err != nil {
+		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+			return nil // changed meanwhile: its event reconciles it again
+		}
+		return fmt.Errorf("record unschedulable: %w", err)
+	}
+	r.event(fc, corev1.EventTypeWarning, fnletv1.ReasonUnschedulable, "Place", "%s", msg)
+	return nil
 }
 
 // hasRoom checks the node's capacity against the calls it already runs.

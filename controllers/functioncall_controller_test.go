@@ -308,14 +308,18 @@ func TestUnitReconcileClaim(t *testing.T) {
 			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout},
 			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 		},
+		// A call that fits only another live node is left to it: no write.
 		"spec.nodeName of another node": {
-			objs: []client.Object{newCall("a").NodeName(otherNode).Obj()},
+			objs:  []client.Object{newCall("a").NodeName(otherNode).Obj()},
+			setup: func(h *harness) { h.r.Nodes = staticNodes{liveNode(otherNode)} },
 		},
 		"nodeSelector not matching the node's labels": {
-			objs: []client.Object{newCall("a").NodeSelector("zone", "b").Obj()},
+			objs:  []client.Object{newCall("a").NodeSelector("zone", "b").Obj()},
+			setup: func(h *harness) { h.r.Nodes = staticNodes{liveNode(otherNode, "zone", "b")} },
 		},
 		"nodeSelector with a label the node lacks": {
-			objs: []client.Object{newCall("a").NodeSelector("zone", "a").NodeSelector("gpu", "true").Obj()},
+			objs:  []client.Object{newCall("a").NodeSelector("zone", "a").NodeSelector("gpu", "true").Obj()},
+			setup: func(h *harness) { h.r.Nodes = staticNodes{liveNode(otherNode, "zone", "a", "gpu", "true")} },
 		},
 		"nodeSelector matching the node's labels": {
 			objs:        []client.Object{newCall("a").NodeSelector("zone", "a").Obj()},
@@ -1412,4 +1416,128 @@ func TestUnitReconcileCallGone(t *testing.T) {
 	h := newHarness(t)
 	checkResult(t, h.mustReconcile("a"), ctrl.Result{})
 	checkRuntime(t, h.rt.recorded(), nil)
+}
+
+// staticNodes is a NodeLister with a fixed set of nodes.
+type staticNodes []Node
+
+func (s staticNodes) Nodes(context.Context) ([]Node, error) { return s, nil }
+
+// liveNode is a node whose Lease runs until an hour after t0, with labels
+// given as key, value pairs.
+func liveNode(name string, kv ...string) Node {
+	n := Node{Name: name, Labels: labels.Set{}, ExpiresAt: t0.Add(time.Hour)}
+	for i := 0; i+1 < len(kv); i += 2 {
+		n.Labels[kv[i]] = kv[i+1]
+	}
+	return n
+}
+
+// Of several live nodes that fit a call, the first in rendezvous order
+// claims it at once; the k-th waits k staggers, then claims if it is still
+// unassigned. Nodes that do not fit, and expired ones, do not count.
+func TestUnitReconcileClaimTurn(t *testing.T) {
+	stagger := 100 * time.Millisecond
+	peers := []string{"node-c", "node-d", "node-e", "node-f", "node-g", "node-h"}
+	for n := 1; n <= len(peers); n++ {
+		t.Run(fmt.Sprint(n, " peers"), func(t *testing.T) {
+			h := newHarness(t, newCall("a").Obj())
+			h.rt.withImages(image)
+			nodes := staticNodes{{Name: "node-expired", ExpiresAt: t0.Add(-time.Second)}, liveNode("node-small")}
+			nodes[1].MaxMemoryBytes = 1 << 20 // fits no call
+			for _, p := range peers[:n] {
+				nodes = append(nodes, liveNode(p))
+			}
+			h.r.Nodes, h.r.ClaimStagger = nodes, stagger
+			rank := slices.Index(rendezvous(uidOf("a"), append(slices.Clone(peers[:n]), testNode)), testNode)
+
+			res := h.mustReconcile("a")
+			if rank == 0 {
+				if got := h.mustCall("a").Status.NodeName; got != testNode {
+					t.Fatalf("ranked first but not claimed (nodeName %q)", got)
+				}
+				return
+			}
+			wait := time.Duration(min(rank, maxStaggerRanks)) * stagger
+			checkResult(t, res, ctrl.Result{RequeueAfter: wait})
+			if got := h.mustCall("a"); got.Status.NodeName != "" || len(h.statusWrites()) != 0 {
+				t.Fatalf("ranked %d: claimed before its turn", rank)
+			}
+			h.clock.SetTime(t0.Add(wait / 2))
+			checkResult(t, h.mustReconcile("a"), ctrl.Result{RequeueAfter: wait - wait/2})
+			h.clock.SetTime(t0.Add(wait))
+			h.mustReconcile("a")
+			if got := h.mustCall("a").Status.NodeName; got != testNode {
+				t.Errorf("ranked %d: not claimed after its wait (nodeName %q)", rank, got)
+			}
+		})
+	}
+}
+
+// A call no live node fits gets Claimed=False/Unschedulable with a message
+// per reason and one Warning Event, from one node only; it stays Pending.
+func TestUnitReconcileUnschedulable(t *testing.T) {
+	cases := map[string]struct {
+		call        *fnletv1.FunctionCall
+		nodes       staticNodes
+		wantMessage string
+	}{
+		"spec.nodeName of a node with no live manager": {
+			call:        newCall("a").NodeName("node-gone").Obj(),
+			nodes:       staticNodes{{Name: "node-gone", ExpiresAt: t0.Add(-time.Minute)}},
+			wantMessage: "0/1 fnlet nodes are available: 1 not spec.nodeName",
+		},
+		"nodeSelector matching no live node": {
+			call:        newCall("a").NodeSelector("zone", "z").Obj(),
+			nodes:       staticNodes{liveNode(otherNode, "zone", "b")},
+			wantMessage: "0/2 fnlet nodes are available: 2 nodeSelector does not match",
+		},
+		"memory over every node's maximum": {
+			call:        newCall("a").Memory("16Gi").Obj(),
+			nodes:       staticNodes{{Name: otherNode, MaxMemoryBytes: 2 << 30, ExpiresAt: t0.Add(time.Hour)}},
+			wantMessage: "0/2 fnlet nodes are available: 2 memory over the node's maximum",
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, tc.call)
+			h.r.Nodes = tc.nodes
+			reporter := rendezvous(uidOf("a"), []string{testNode, otherNode})[0] == testNode || len(tc.nodes) == 1 && tc.nodes[0].Name == "node-gone"
+			if !reporter {
+				// This node is not the reporter: it writes nothing.
+				checkResult(t, h.mustReconcile("a"), ctrl.Result{})
+				if w := h.statusWrites(); len(w) != 0 {
+					t.Errorf("a non-reporting node wrote %q", w)
+				}
+				// Make it the only live node: now it reports.
+				h.r.Nodes = staticNodes{}
+				tc.wantMessage = strings.Replace(tc.wantMessage, "0/2", "0/1", 1)
+				tc.wantMessage = strings.Replace(tc.wantMessage, ": 2 ", ": 1 ", 1)
+			}
+			for range 2 { // the second reconcile writes nothing new
+				checkResult(t, h.mustReconcile("a"), ctrl.Result{RequeueAfter: unschedulableRecheck})
+			}
+			got := h.mustCall("a")
+			checkView(t, got, callView{Phase: fnletv1.PhasePending, Conditions: []string{"Claimed=False/Unschedulable"}})
+			if c := meta.FindStatusCondition(got.Status.Conditions, fnletv1.ConditionClaimed); c == nil || c.Message != tc.wantMessage {
+				t.Errorf("Claimed condition %+v, want message %q", c, tc.wantMessage)
+			}
+			checkEvents(t, h.events(), []string{"Warning Unschedulable " + tc.wantMessage})
+			if w := h.statusWrites(); len(w) != 1 {
+				t.Errorf("status writes %q, want one", w)
+			}
+
+			// A fitting node appears (here: this node's limits allow it).
+			h.r.Nodes, h.r.NodeLabels, h.r.Limits.MaxMemoryBytes = nil, labels.Set{"zone": "z"}, 0
+			got.Spec.NodeName = ""
+			if err := h.client.Update(context.Background(), got); err != nil {
+				t.Fatal(err)
+			}
+			h.rt.withImages(image)
+			h.mustReconcile("a")
+			if c := meta.FindStatusCondition(h.mustCall("a").Status.Conditions, fnletv1.ConditionClaimed); c == nil || c.Status != metav1.ConditionTrue {
+				t.Errorf("not claimed once a node fits: %+v", c)
+			}
+		})
+	}
 }

@@ -48,33 +48,62 @@ var managerRoleAllowlist = map[string]string{
 	"events.k8s.io events patch":  "Recorder: event series",
 }
 
-// TestUnitManagerRoleIsLeastPrivilege reads the generated ClusterRole and
-// compares what it grants with managerRoleAllowlist, both ways.
+// managerNamespaceRoleAllowlist is the same for the Role in the manager's
+// own namespace (fnlet-system): the node Leases and nothing else.
+var managerNamespaceRoleAllowlist = map[string]string{
+	"coordination.k8s.io leases get":    "NodeLease.write: read this node's Lease before renewing it",
+	"coordination.k8s.io leases create": "NodeLease.write: the first start on a node",
+	"coordination.k8s.io leases update": "NodeLease.write: renew and release; NodeLossDetector never writes peers' Leases",
+	"coordination.k8s.io leases list":   "LeaseNodes: the informer of the node Leases (placement, NodeLost)",
+	"coordination.k8s.io leases watch":  "LeaseNodes: the informer of the node Leases (placement, NodeLost)",
+}
+
+// TestUnitManagerRoleIsLeastPrivilege reads the generated roles (a
+// ClusterRole, and a Role in the manager's namespace) and compares what
+// each grants with its allowlist, both ways.
 func TestUnitManagerRoleIsLeastPrivilege(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join("..", "config", "rbac", "role.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var role rbacv1.ClusterRole
-	if err := yaml.UnmarshalStrict(b, &role); err != nil {
+	docs := strings.Split(string(b), "\n---\n")
+	if len(docs) != 2 {
+		t.Fatalf("role.yaml has %d documents, want the ClusterRole and the namespace Role", len(docs))
+	}
+	var cluster rbacv1.ClusterRole
+	if err := yaml.UnmarshalStrict([]byte(docs[0]), &cluster); err != nil {
 		t.Fatalf("role.yaml: %v", err)
 	}
-	if role.Kind != "ClusterRole" || role.Name != "fnlet-manager" {
-		t.Fatalf("role.yaml is %s %q, want ClusterRole fnlet-manager", role.Kind, role.Name)
+	if cluster.Kind != "ClusterRole" || cluster.Name != "fnlet-manager" {
+		t.Fatalf("role.yaml starts with %s %q, want ClusterRole fnlet-manager", cluster.Kind, cluster.Name)
 	}
-	if role.AggregationRule != nil {
-		t.Errorf("the manager's role aggregates other roles: %+v", role.AggregationRule)
+	if cluster.AggregationRule != nil {
+		t.Errorf("the manager's role aggregates other roles: %+v", cluster.AggregationRule)
 	}
+	checkGrants(t, "ClusterRole", cluster.Rules, managerRoleAllowlist)
+
+	var ns rbacv1.Role
+	if err := yaml.UnmarshalStrict([]byte(docs[1]), &ns); err != nil {
+		t.Fatalf("role.yaml: %v", err)
+	}
+	if ns.Kind != "Role" || ns.Name != "fnlet-manager" || ns.Namespace != "fnlet-system" {
+		t.Fatalf("role.yaml's second document is %s %s/%s, want Role fnlet-system/fnlet-manager", ns.Kind, ns.Namespace, ns.Name)
+	}
+	checkGrants(t, "Role", ns.Rules, managerNamespaceRoleAllowlist)
+}
+
+func checkGrants(t *testing.T, kind string, rules []rbacv1.PolicyRule, allow map[string]string) {
+	t.Helper()
 	granted := map[string]bool{}
-	for i, rule := range role.Rules {
+	for i, rule := range rules {
 		if len(rule.ResourceNames) > 0 || len(rule.NonResourceURLs) > 0 {
-			t.Errorf("rule %d: resourceNames %v / nonResourceURLs %v: not expected from the markers", i, rule.ResourceNames, rule.NonResourceURLs)
+			t.Errorf("%s rule %d: resourceNames %v / nonResourceURLs %v: not expected from the markers", kind, i, rule.ResourceNames, rule.NonResourceURLs)
 		}
 		for _, g := range rule.APIGroups {
 			for _, res := range rule.Resources {
 				for _, v := range rule.Verbs {
 					if g == "*" || res == "*" || v == "*" || strings.Contains(res, "*") {
-						t.Errorf("rule %d grants a wildcard: group %q resource %q verb %q", i, g, res, v)
+						t.Errorf("%s rule %d grants a wildcard: group %q resource %q verb %q", kind, i, g, res, v)
 					}
 					granted[g+" "+res+" "+v] = true
 				}
@@ -83,11 +112,11 @@ func TestUnitManagerRoleIsLeastPrivilege(t *testing.T) {
 	}
 	var extra, missing []string
 	for p := range granted {
-		if _, ok := managerRoleAllowlist[p]; !ok {
+		if _, ok := allow[p]; !ok {
 			extra = append(extra, p)
 		}
 	}
-	for p := range managerRoleAllowlist {
+	for p := range allow {
 		if !granted[p] {
 			missing = append(missing, p)
 		}
@@ -95,9 +124,9 @@ func TestUnitManagerRoleIsLeastPrivilege(t *testing.T) {
 	sort.Strings(extra)
 	sort.Strings(missing)
 	if len(extra) > 0 {
-		t.Errorf("the role grants what the manager does not use (drop the +kubebuilder:rbac marker and run `make manifests`, or justify it in managerRoleAllowlist): %q", extra)
+		t.Errorf("the %s grants what the manager does not use (drop the +kubebuilder:rbac marker and run `make manifests`, or justify it in the allowlist): %q", kind, extra)
 	}
 	if len(missing) > 0 {
-		t.Errorf("the role lacks what the manager uses (add a +kubebuilder:rbac marker and run `make manifests`): %q", missing)
+		t.Errorf("the %s lacks what the manager uses (add a +kubebuilder:rbac marker and run `make manifests`): %q", kind, missing)
 	}
 }

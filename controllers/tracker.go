@@ -23,9 +23,11 @@ import (
 //     written Running yet (see runningWriteDue).
 //   - removed: this process removed the call's container, so cleaning up a
 //     finished call needs no runtime round trip.
+//   - waitingSince: when this process first saw the call unassigned and
+//     ranked below first for it (its claim waits a stagger; see claim).
 //
 // Lifetime and bounds, in one place: an entry lives while the cache lags
-// behind our writes or a start is pending. It goes when the cache shows our
+// behind our writes, a start is pending or a claim waits. It goes when the cache shows our
 // latest write (or something newer), when the call is gone, or when a new
 // call takes the name. Beyond trackerLimit entries, those without a pending
 // start are evicted first. Losing an entry is safe: every write still
@@ -46,7 +48,11 @@ type tracked struct {
 	startedAttempt int32 // > 0: a start not yet written as Running
 	startedAt      time.Time
 	removed        bool
+	waitingSince   time.Time
 }
+
+// busy: the entry holds more than a view of our writes.
+func (e *tracked) busy() bool { return e.startedAttempt > 0 || !e.waitingSince.IsZero() }
 
 // trackerLimit bounds the entries. In steady state there is about one per
 // call in flight on this node plus those whose last write the cache has not
@@ -79,14 +85,16 @@ func (t *tracker) resolve(key types.NamespacedName, fc *fnletv1.FunctionCall) *f
 	case fc.UID != uid:
 		t.dropLocked(uid) // a new call of the same name
 		return fc
-	case e.obj == nil:
-		return fc
-	case slices.Contains(e.past, fc.ResourceVersion):
+	}
+	if fc.Status.NodeName != "" {
+		e.waitingSince = time.Time{} // claimed, by us or another node
+	}
+	if e.obj != nil && slices.Contains(e.past, fc.ResourceVersion) {
 		return e.obj.DeepCopy()
 	}
 	// The cache has our write, or something newer than it.
 	e.obj, e.past = nil, nil
-	if e.startedAttempt == 0 {
+	if !e.busy() {
 		t.dropLocked(uid)
 	}
 	return fc
@@ -129,10 +137,22 @@ func (t *tracker) clearStart(fc *fnletv1.FunctionCall) {
 	defer t.mu.Unlock()
 	if e := t.calls[fc.UID]; e != nil {
 		e.startedAttempt, e.startedAt = 0, time.Time{}
-		if e.obj == nil {
+		if e.obj == nil && !e.busy() {
 			t.dropLocked(fc.UID)
 		}
 	}
+}
+
+// waitingSince is when this process first asked to wait before claiming
+// the call (now, the first time).
+func (t *tracker) waitingSince(fc *fnletv1.FunctionCall, now time.Time) time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.entryLocked(fc)
+	if e.waitingSince.IsZero() {
+		e.waitingSince = now
+	}
+	return e.waitingSince
 }
 
 // markRemoved records that this process removed the call's container.
@@ -197,7 +217,8 @@ func (t *tracker) dropLocked(uid types.UID) {
 }
 
 // evictLocked drops entries without a pending start down to 3/4 of the
-// limit (see tracker for why that is safe).
+// limit (see tracker for why that is safe; a lost claim wait only restarts
+// the stagger).
 func (t *tracker) evictLocked() {
 	for uid, e := range t.calls {
 		if e.startedAttempt == 0 {

@@ -372,6 +372,16 @@ const (
 	ConditionFinished = "Finished"
 )
 
+// Reasons of a Claimed=False condition on a call waiting for a node.
+const (
+	// ReasonUnschedulable: no live fnlet node can take the call (the message
+	// says why, per node); it stays Pending until one can.
+	ReasonUnschedulable = "Unschedulable"
+	// ReasonRequeuedNodeLost: the node that held the call was lost; the
+	// attempt counts, and the call waits for another node.
+	ReasonRequeuedNodeLost = "NodeLost"
+)
+
 // LabelFinished ("true") marks a finished call its node's manager is done
 // with: the container is removed and no TTL is pending. Managers do not
 // cache such calls, so their memory does not grow with the finished calls

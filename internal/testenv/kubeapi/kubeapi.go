@@ -10,9 +10,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -120,22 +123,50 @@ func (s *Server) Kubeconfig(user envtest.User) (string, error) {
 // Stop stops the control plane.
 func (s *Server) Stop() error { return s.Env.Stop() }
 
+// ManagerNamespace is the manager's own namespace: its node Leases live there.
+const ManagerNamespace = "fnlet-system"
+
+// bindManagerRole creates the generated roles (role.yaml: the ClusterRole,
+// then the Role in ManagerNamespace) and binds ManagerUser to both.
 func bindManagerRole(c client.Client, rolePath string) error {
 	b, err := os.ReadFile(rolePath)
 	if err != nil {
 		return err
 	}
+	docs := strings.Split(string(b), "\n---\n")
+	if len(docs) != 2 {
+		return fmt.Errorf("%s: %d documents, want a ClusterRole and a Role", rolePath, len(docs))
+	}
 	var role rbacv1.ClusterRole
-	if err := yaml.Unmarshal(b, &role); err != nil {
+	var nsRole rbacv1.Role
+	if err := yaml.Unmarshal([]byte(docs[0]), &role); err != nil {
+		return fmt.Errorf("%s: %w", rolePath, err)
+	}
+	if err := yaml.Unmarshal([]byte(docs[1]), &nsRole); err != nil {
 		return fmt.Errorf("%s: %w", rolePath, err)
 	}
 	ctx := context.Background()
-	if err := c.Create(ctx, &role); err != nil {
+	subjects := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: ManagerUser}}
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsRole.Namespace}}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
-	return c.Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: ManagerUser},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: ManagerUser}},
-	})
+	for _, o := range []client.Object{
+		&role,
+		&rbacv1.ClusterRoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: ManagerUser},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+			Subjects:   subjects,
+		},
+		&nsRole,
+		&rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: ManagerUser, Namespace: nsRole.Namespace},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: nsRole.Name},
+			Subjects:   subjects,
+		},
+	} {
+		if err := c.Create(ctx, o); err != nil {
+			return fmt.Errorf("create %T %s: %w", o, o.GetName(), err)
+		}
+	}
+	return nil
 }
