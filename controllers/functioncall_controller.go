@@ -200,8 +200,13 @@ func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.Function
 func (r *FunctionCallReconciler) claimTurn(ctx context.Context, fc *fnletv1.FunctionCall) (time.Duration, error) {
 	var nodes []Node
 	if r.Nodes != nil {
+		// Bounded: a Lease informer that cannot sync (say, RBAC missing in
+		// the Lease namespace) must fail the reconcile, not hang it.
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		var err error
-		if nodes, err = r.Nodes.Nodes(ctx); err != nil {
+		nodes, err = r.Nodes.Nodes(lctx)
+		cancel()
+		if err != nil {
 			return 0, err
 		}
 	}

@@ -246,6 +246,7 @@ type NodeLease struct {
 	mu           sync.Mutex
 	healthySince time.Time // zero: the last renewal failed
 	lastRenew    time.Time
+	current      *coordinationv1.Lease // what our last write returned
 }
 
 var _ manager.Runnable = (*NodeLease)(nil)
@@ -304,11 +305,21 @@ func (l *NodeLease) renew(ctx context.Context, d time.Duration) error {
 
 func (l *NodeLease) write(ctx context.Context, d time.Duration) error {
 	name := NodeLeasePrefix + l.Node.Name
+	// Renew from what our last write returned: one write per renewal. After
+	// a failure, read it again.
+	l.mu.Lock()
+	cur := l.current
+	l.current = nil
+	l.mu.Unlock()
 	var lease coordinationv1.Lease
-	err := l.Client.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: name}, &lease)
-	create := apierrors.IsNotFound(err)
-	if err != nil && !create {
-		return fmt.Errorf("get lease %s/%s: %w", l.Namespace, name, err)
+	create := false
+	if cur != nil {
+		lease = *cur
+	} else if err := l.Client.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: name}, &lease); err != nil {
+		if !apierrors.IsNotFound(err) {
+			return fmt.Errorf("get lease %s/%s: %w", l.Namespace, name, err)
+		}
+		create = true
 	}
 	lbl, err := json.Marshal(l.Node.Labels)
 	if err != nil {
@@ -342,5 +353,8 @@ func (l *NodeLease) write(ctx context.Context, d time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("write lease %s/%s: %w", l.Namespace, name, err)
 	}
+	l.mu.Lock()
+	l.current = &lease
+	l.mu.Unlock()
 	return nil
 }

@@ -86,9 +86,9 @@ func (e *RuntimeEvents) Start(ctx context.Context) error {
 	})
 }
 
-// OrphanCollector removes containers whose FunctionCall is gone or belongs
-// to another node (konlet's stale-container cleanup), once at start and
-// then periodically, and prunes old logs.
+// OrphanCollector removes containers whose FunctionCall is gone, finished
+// or no longer bound to this node (konlet's stale-container cleanup), once
+// at start and then periodically, and prunes old logs.
 type OrphanCollector struct {
 	Runtime      *ctrd.Runtime
 	APIReader    client.Reader
@@ -132,9 +132,13 @@ func (o *OrphanCollector) collect(ctx context.Context) (int, error) {
 		case apierrors.IsNotFound(err):
 		case err != nil:
 			return n, fmt.Errorf("get call of %s: %w", s.ContainerID, err)
-		case string(fc.UID) == s.Call.UID && (fc.Status.NodeName == o.NodeName || fc.Status.NodeName == ""):
+		case string(fc.UID) == s.Call.UID && fc.Status.NodeName == o.NodeName && !fc.IsFinished():
 			continue // ours and alive: the reconciler drives it
 		}
+		// Gone, another call of the name, bound elsewhere or back to
+		// unassigned (this node was lost and its calls taken over), or
+		// finished (its result is written): the container goes. This is the
+		// fencing of a node that comes back.
 		if err := o.Runtime.Delete(ctx, s.Call.UID); err != nil {
 			return n, fmt.Errorf("delete orphan %s: %w", s.ContainerID, err)
 		}

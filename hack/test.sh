@@ -48,7 +48,7 @@ start_containerd() {
 	local v=$1
 	FNLET_CONTAINERD=$v "$FNLET_ROOT/hack/containerd-up.sh" >/dev/null
 	FNLET_CONTAINERD=$v "$FNLET_ROOT/hack/build-images.sh" >/dev/null
-	for ns in fnlet-test fnlet-it; do
+	for ns in fnlet-test fnlet-it fnlet-it-n1 fnlet-it-n2 fnlet-it-n3; do
 		FNLET_CONTAINERD=$v IMPORT_NAMESPACE=$ns "$FNLET_ROOT/hack/build-images.sh" >/dev/null
 	done
 	echo "$FNLET_RUN/containerd-$v/containerd.sock"

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -51,6 +52,8 @@ type options struct {
 	stdinFIFO                                                    bool
 	initBinary                                                   string
 	metricsAddr, probeAddr, pprofAddr                            string
+	leaseNamespace                                               string
+	leaseDuration, leaseRenew, nodeLostGrace, claimStagger       time.Duration
 }
 
 func main() {
@@ -84,6 +87,11 @@ func main() {
 	flag.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "Prometheus metrics address (0 disables).")
 	flag.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Health probe address.")
 	flag.StringVar(&o.pprofAddr, "pprof-bind-address", "", "Serve net/http/pprof here (empty disables), for profiling under load.")
+	flag.StringVar(&o.leaseNamespace, "lease-namespace", envOr("POD_NAMESPACE", "fnlet-system"), "Namespace of the node Leases (default $POD_NAMESPACE, else fnlet-system).")
+	flag.DurationVar(&o.leaseDuration, "lease-duration", 15*time.Second, "How long this node's Lease holds without a renewal (whole seconds).")
+	flag.DurationVar(&o.leaseRenew, "lease-renew-interval", 5*time.Second, "How often this node renews its Lease.")
+	flag.DurationVar(&o.nodeLostGrace, "node-lost-grace", 30*time.Second, "How long a node's Lease must have been expired before its calls are taken over (NodeLost); longer than a manager restart.")
+	flag.DurationVar(&o.claimStagger, "claim-stagger", controllers.DefaultClaimStagger, "Wait per rank before a node that is not first for a call claims it.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -97,6 +105,13 @@ func main() {
 
 // findInit resolves --init-binary: a path must exist; by default the
 // binary beside the manager's executable is used when it is there.
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
 func findInit(flagValue string) (string, error) {
 	switch flagValue {
 	case "none":
@@ -122,6 +137,9 @@ func run(ctx context.Context, o options) error {
 	log := ctrl.Log.WithName("setup")
 	if o.nodeName == "" {
 		return fmt.Errorf("no node name: set --node-name or NODE_NAME")
+	}
+	if o.leaseDuration < time.Second || o.leaseRenew <= 0 || o.leaseRenew >= o.leaseDuration {
+		return fmt.Errorf("--lease-renew-interval (%s) must be positive and shorter than --lease-duration (%s, at least 1s)", o.leaseRenew, o.leaseDuration)
 	}
 	var lim controllers.Limits
 	var budget, outputLimit int64
@@ -201,6 +219,8 @@ func run(ctx context.Context, o options) error {
 		// Managed fields are ~40% of a cached call and unused here.
 		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields(), ByObject: map[client.Object]cache.ByObject{
 			&fnletv1.FunctionCall{}: {Field: mine, Label: controllers.UnfinishedCalls()},
+			&coordinationv1.Lease{}: {Namespaces: map[string]cache.Config{o.leaseNamespace: {}},
+				Label: labels.SelectorFromSet(labels.Set{controllers.NodeLeaseLabel: "true"})},
 		}},
 	})
 	if err != nil {
@@ -232,10 +252,18 @@ func run(ctx context.Context, o options) error {
 		Interval: time.Minute, LogRetention: o.logRetention, LogKeep: o.logKeep}); err != nil {
 		return err
 	}
+	self := controllers.Node{Name: o.nodeName, Labels: nodeLabels, MaxMemoryBytes: lim.MaxMemoryBytes, MaxMilliCPU: lim.MaxMilliCPU}
+	lease := &controllers.NodeLease{Client: mgr.GetClient(), Namespace: o.leaseNamespace, Node: self,
+		Duration: o.leaseDuration, RenewInterval: o.leaseRenew, Clock: clock.RealClock{}}
+	if err := mgr.Add(lease); err != nil {
+		return err
+	}
 	rec := &controllers.FunctionCallReconciler{
 		Client: mgr.GetClient(), Unassigned: unassigned, APIReader: mgr.GetAPIReader(),
 		Recorder: mgr.GetEventRecorder("fnlet-manager"), Runtime: rt, Clock: clock.RealClock{},
 		NodeName: o.nodeName, NodeLabels: nodeLabels,
+		Nodes:          controllers.LeaseNodes{Reader: mgr.GetClient(), Namespace: o.leaseNamespace},
+		ClaimStagger:   o.claimStagger,
 		Capacity:       controllers.Capacity{MaxCalls: o.maxCalls, MemoryBudgetBytes: budget},
 		Limits:         lim,
 		DefaultTimeout: o.defaultTimeout, MaxTimeout: o.maxTimeout, KillGrace: o.killGrace,
@@ -243,6 +271,9 @@ func run(ctx context.Context, o options) error {
 	}
 	if err := rec.SetupWithManager(mgr, unassigned, events, o.workers); err != nil {
 		return fmt.Errorf("set up controller: %w", err)
+	}
+	if err := mgr.Add(&controllers.NodeLossDetector{Calls: rec, Lease: lease, Grace: o.nodeLostGrace, Interval: o.leaseRenew}); err != nil {
+		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
