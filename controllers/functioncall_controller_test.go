@@ -89,6 +89,9 @@ func newHarness(t *testing.T, objs ...client.Object) *harness {
 		WithScheme(testScheme(t)).
 		WithStatusSubresource(&fnletv1.FunctionCall{}).
 		WithIndex(&fnletv1.FunctionCall{}, ActiveNodeIndex, ActiveNode).
+		WithIndex(&fnletv1.FunctionCall{}, NodeNameField, func(o client.Object) []string {
+			return []string{o.(*fnletv1.FunctionCall).Status.NodeName}
+		}).
 		WithObjects(objs...).
 		WithInterceptorFuncs(interceptor.Funcs{
 			SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, obj client.Object, opts ...client.SubResourceUpdateOption) error {
