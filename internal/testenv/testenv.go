@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // RequireEnv is set by hack/test.sh (`make test`, CI): there, every daemon
@@ -22,6 +23,36 @@ func Missing(t testing.TB, format string, args ...any) {
 		t.Fatalf("required component missing ("+RequireEnv+" is set): "+format, args...)
 	}
 	t.Skipf("skipped: "+format, args...)
+}
+
+// Short skips a test that needs the daemons named by what when go test
+// runs with -short (`make unit`: the pure tests only), with the reason
+// printed. Under RequireEnv nothing is skipped: it fails like Missing.
+func Short(t testing.TB, what string) {
+	t.Helper()
+	if testing.Short() {
+		Missing(t, "-short: needs %s", what)
+	}
+}
+
+// Eventually retries f every interval until it returns nil, and fails the
+// test with f's last error after timeout. It is for state no watch
+// reports: kubectl output, a metrics scrape, a file on a node.
+func Eventually(t testing.TB, timeout, interval time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %s: %v", what, timeout, err)
+		}
+		<-tick.C
+	}
 }
 
 // BuildInit builds fnlet-init (cmd/fnlet-init) into dir with the project's
