@@ -59,7 +59,7 @@ func Eventually(t testing.TB, timeout, interval time.Duration, what string, f fu
 // script and returns its path. Suites put it beside the manager binary,
 // where the manager looks for it.
 func BuildInit(dir string) (string, error) {
-	root, err := repoRoot()
+	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}
@@ -71,9 +71,9 @@ func BuildInit(dir string) (string, error) {
 	return out, nil
 }
 
-// repoRoot is the directory of go.mod above the working directory (go test
+// RepoRoot is the directory of go.mod above the working directory (go test
 // runs in the package's directory).
-func repoRoot() (string, error) {
+func RepoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
@@ -93,7 +93,7 @@ func repoRoot() (string, error) {
 // BuildManager builds the manager binary into dir, with fnlet-init beside
 // it (where the manager finds it), and returns the manager's path.
 func BuildManager(dir string) (string, error) {
-	root, err := repoRoot()
+	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}

@@ -34,24 +34,13 @@ func TestAPIServerOutage(t *testing.T) {
 	}
 	r.Calls = n
 	started := func() int {
-		k := 0
-		for _, name := range names {
-			if l, _, _ := o.get(name); l != nil && (l.Status.Phase == fnletv1.PhaseRunning || l.IsFinished()) {
-				k++
-			}
-		}
-		return k
+		return o.count(names, func(fc *fnletv1.FunctionCall) bool { return isRunning(fc) || fc.IsFinished() })
 	}
 	if !o.waitUntil(90*time.Second, func() bool { return started() == n }) {
 		t.Fatalf("only %d of %d calls running after 90s", started(), n)
 	}
 
-	running := 0
-	for _, name := range names {
-		if l, _, _ := o.get(name); l != nil && l.Status.Phase == fnletv1.PhaseRunning {
-			running++
-		}
-	}
+	running := o.count(names, isRunning)
 	api := env.te.ControlPlane.APIServer
 	port := api.SecureServing.Port
 	stopping := time.Now()

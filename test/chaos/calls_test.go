@@ -210,6 +210,20 @@ func (o *observer) waitFinal(names []string, timeout time.Duration, goneOK func(
 	}
 }
 
+// count is how many of the named calls were last seen in a state pred
+// accepts.
+func (o *observer) count(names []string, pred func(*fnletv1.FunctionCall) bool) int {
+	k := 0
+	for _, name := range names {
+		if l, _, _ := o.get(name); l != nil && pred(l) {
+			k++
+		}
+	}
+	return k
+}
+
+func isRunning(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning }
+
 // waitUntil waits until cond holds, re-checking it whenever the observer
 // records a change; false after timeout.
 func (o *observer) waitUntil(timeout time.Duration, cond func() bool) bool {

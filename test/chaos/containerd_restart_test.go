@@ -31,15 +31,7 @@ func TestContainerdRestarts(t *testing.T) {
 		want[names[i]] = mixedCall(t, ns, node, names[i], randDur(time.Second, 9*time.Second), mixedExits[rand.IntN(len(mixedExits))])
 	}
 	r.Calls = n
-	running := func() int {
-		k := 0
-		for _, name := range names {
-			if l, _, _ := o.get(name); l != nil && l.Status.Phase == fnletv1.PhaseRunning {
-				k++
-			}
-		}
-		return k
-	}
+	running := func() int { return o.count(names, isRunning) }
 	o.waitUntil(60*time.Second, func() bool { return running() >= n/2 })
 	before := m.metric("fnlet_event_stream_reconnects_total")
 
@@ -124,15 +116,7 @@ func TestContainerdDownPastTimeout(t *testing.T) {
 		create(t, calls.Local(name, ns, node).Args("-stdout-text", "started "+name, "-sleep", "60s").Timeout(timeout).Obj())
 		running = append(running, name)
 	}
-	nRunning := func() int {
-		k := 0
-		for _, name := range running {
-			if l, _, _ := o.get(name); l != nil && l.Status.Phase == fnletv1.PhaseRunning {
-				k++
-			}
-		}
-		return k
-	}
+	nRunning := func() int { return o.count(running, isRunning) }
 	if !o.waitUntil(60*time.Second, func() bool { return nRunning() == len(running) }) {
 		t.Fatalf("only %d of %d calls running after 60s", nRunning(), len(running))
 	}

@@ -105,24 +105,13 @@ func runSuite(m *testing.M) int {
 		fmt.Println("chaos suite skipped:", env.skip)
 		return m.Run()
 	}
-	work, err := os.MkdirTemp("", "fnlet-chaos-")
-	if err != nil {
-		panic(err)
-	}
-	defer os.RemoveAll(work)
-	env.workDir = work
-
-	if env.managerBin, err = testenv.BuildManager(work); err != nil {
-		fmt.Println(err)
-		return 1
-	}
-
 	// Restartable: the outage test stops and starts the apiserver.
-	api, err := kubeapi.Start(repoRoot(), work, kubeapi.Restartable())
+	api, err := kubeapi.StartSuite("fnlet-chaos", kubeapi.Restartable())
 	if err != nil {
 		fmt.Println(err)
 		return 1
 	}
+	env.workDir, env.managerBin = api.Dir, api.ManagerBin
 	defer api.Stop()
 	env.te, env.k8s, env.kubeconfig = api.Env, api.Client, api.ManagerKubeconfig
 	env.calls = calls.Env{Client: api.Client}

@@ -8,8 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
-	"runtime"
 	"testing"
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -36,11 +34,6 @@ var env struct {
 
 const testImage = "localhost/fnlet/testfn:v1"
 
-func repoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
-
 func TestMain(m *testing.M) {
 	os.Exit(runSuite(m))
 }
@@ -61,23 +54,12 @@ func runSuite(m *testing.M) int {
 		fmt.Println("integration suite skipped:", env.skip)
 		return m.Run()
 	}
-	work, err := os.MkdirTemp("", "fnlet-it-")
-	if err != nil {
-		panic(err)
-	}
-	defer os.RemoveAll(work)
-	env.workDir = work
-
-	if env.managerBin, err = testenv.BuildManager(work); err != nil {
-		fmt.Println(err)
-		return 1
-	}
-
-	api, err := kubeapi.Start(repoRoot(), work)
+	api, err := kubeapi.StartSuite("fnlet-it")
 	if err != nil {
 		fmt.Println(err)
 		return 1
 	}
+	env.workDir, env.managerBin = api.Dir, api.ManagerBin
 	defer api.Stop()
 	// The manager runs as a plain user bound to the generated ClusterRole.
 	env.k8s, env.kubeconfig = api.Client, api.ManagerKubeconfig
