@@ -95,7 +95,7 @@ func TestAPIServerOutage(t *testing.T) {
 		t.Errorf("the manager exited during the apiserver outage")
 	}
 
-	if held := waitReleased(ns, names, time.Minute); len(held) > 0 {
+	if held := o.waitReleased(names, time.Minute); len(held) > 0 {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
 	}
 	lk := leaks(t, uidsOf(o, names), m.logDir)

@@ -229,7 +229,7 @@ func TestBadInput(t *testing.T) {
 	}
 	r.tally(t, o, names, bad)
 
-	if held := waitReleased(ns, names, time.Minute); len(held) > 0 {
+	if held := o.waitReleased(names, time.Minute); len(held) > 0 {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
 	}
 	lk := leaks(t, uids, big.logDir, small.logDir)

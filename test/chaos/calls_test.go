@@ -271,52 +271,41 @@ func condSummary(fc *fnletv1.FunctionCall) string {
 
 // waitReleased waits until the calls have no finalizer (the manager removed
 // their containers) or are gone, and returns those still held.
-func waitReleased(ns string, names []string, timeout time.Duration) []string {
-	deadline := time.Now().Add(timeout)
-	for {
-		var held []string
-		var list fnletv1.FunctionCallList
-		if err := env.k8s.List(context.Background(), &list, client.InNamespace(ns)); err == nil {
-			want := map[string]bool{}
-			for _, n := range names {
-				want[n] = true
-			}
-			for _, fc := range list.Items {
-				if want[fc.Name] && len(fc.Finalizers) > 0 {
-					held = append(held, fc.Name)
-				}
-			}
-			if len(held) == 0 {
-				return nil
+func (o *observer) waitReleased(names []string, timeout time.Duration) []string {
+	held := func() []string {
+		var out []string
+		for _, n := range names {
+			if l, _, gone := o.get(n); l != nil && !gone && len(l.Finalizers) > 0 {
+				out = append(out, n)
 			}
 		}
-		if time.Now().After(deadline) {
-			return held
-		}
-		time.Sleep(200 * time.Millisecond)
+		return out
 	}
+	o.waitUntil(timeout, func() bool { return len(held()) == 0 })
+	return held()
 }
 
-// deleteAndWait deletes calls and waits until they are gone.
-func deleteAndWait(t *testing.T, ns string, timeout time.Duration) {
+// deleteAndWait deletes the namespace's calls and waits until every call
+// the observer saw is gone.
+func (o *observer) deleteAndWait(t *testing.T, timeout time.Duration) {
 	t.Helper()
-	ctx := context.Background()
-	if err := env.k8s.DeleteAllOf(ctx, &fnletv1.FunctionCall{}, client.InNamespace(ns)); err != nil {
-		t.Errorf("delete calls of %s: %v", ns, err)
+	if err := env.k8s.DeleteAllOf(context.Background(), &fnletv1.FunctionCall{}, client.InNamespace(o.ns)); err != nil {
+		t.Errorf("delete calls of %s: %v", o.ns, err)
 		return
 	}
-	deadline := time.Now().Add(timeout)
-	for {
-		var list fnletv1.FunctionCallList
-		err := env.k8s.List(ctx, &list, client.InNamespace(ns))
-		if err == nil && len(list.Items) == 0 {
-			return
+	left := func() int {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		n := 0
+		for name := range o.latest {
+			if !o.gone[name] {
+				n++
+			}
 		}
-		if time.Now().After(deadline) {
-			t.Errorf("%d calls of %s still there %s after delete (err %v)", len(list.Items), ns, timeout, err)
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
+		return n
+	}
+	if !o.waitUntil(timeout, func() bool { return left() == 0 }) {
+		t.Errorf("%d calls of %s still there %s after delete", left(), o.ns, timeout)
 	}
 }
 

@@ -87,7 +87,7 @@ func TestContainerdRestarts(t *testing.T) {
 		t.Errorf("event stream reconnected %v times for %d containerd restarts", after-before, r.Faults)
 	}
 
-	if held := waitReleased(ns, names, time.Minute); len(held) > 0 {
+	if held := o.waitReleased(names, time.Minute); len(held) > 0 {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
 	}
 	lk := leaks(t, uidsOf(o, names), m.logDir)
@@ -181,7 +181,7 @@ func TestContainerdDownPastTimeout(t *testing.T) {
 	if slowest > 60*time.Second {
 		t.Errorf("calls took %s after containerd returned to end", slowest)
 	}
-	if held := waitReleased(ns, names, time.Minute); len(held) > 0 {
+	if held := o.waitReleased(names, time.Minute); len(held) > 0 {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
 	}
 	lk := leaks(t, uidsOf(o, names), m.logDir)

@@ -79,7 +79,7 @@ func TestLeaks(t *testing.T) {
 	if missing := o.waitFinal(warm, 2*time.Minute, nil); len(missing) > 0 {
 		t.Fatalf("warm-up calls did not finish: %v", o.describeMissing(missing))
 	}
-	deleteAndWait(t, ns, time.Minute)
+	o.deleteAndWait(t, time.Minute)
 	baseG, baseRSS, baseHeap := settle(t, m, 0, 0)
 	r.notef("baseline after 20 warm-up calls: %d goroutines, RSS %.1f MiB, heap in use %.1f MiB", baseG, mib(baseRSS), mib(baseHeap))
 
@@ -159,7 +159,7 @@ func TestLeaks(t *testing.T) {
 	}
 	r.notef("%d calls in %.0fs (%.1f calls/s, at most %d in flight): %s", submitted, elapsed.Seconds(), float64(submitted)/elapsed.Seconds(), inFlight, strings.Join(mix, ", "))
 
-	deleteAndWait(t, ns, 2*time.Minute)
+	o.deleteAndWait(t, 2*time.Minute)
 	lk := leaks(t, uids, m.logDir)
 
 	// The retention policy runs at the manager's start and every minute.

@@ -86,7 +86,7 @@ func TestManagerCrashes(t *testing.T) {
 		t.Errorf("containerd saw %d of %d calls start", started, n)
 	}
 
-	if held := waitReleased(ns, names, time.Minute); len(held) > 0 {
+	if held := o.waitReleased(names, time.Minute); len(held) > 0 {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
 	}
 	lk := leaks(t, uidsOf(o, names), m.logDir)
