@@ -17,8 +17,8 @@ import (
 	"github.com/fnlet/fnlet/internal/testenv"
 )
 
-// Changes go through kubectl; waiting and bulk reads use the API client
-// (reading is not what is under test, and polling kubectl would be slow).
+// Changes go through kubectl; waits (on a watch) and bulk reads use the API
+// client (reading is not what is under test).
 
 func getFC(t testing.TB, name string) (*fnletv1.FunctionCall, error) {
 	t.Helper()
