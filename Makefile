@@ -41,8 +41,10 @@ images: containerd-up
 # The README's test command: everything, against real daemons it starts itself.
 test:
 	hack/test.sh
+# Every pure test: a test that needs a daemon (containerd, kube-apiserver,
+# a cluster) skips under -short with the reason printed (-v shows it).
 unit:
-	go test ./api/... ./controllers/... ./internal/... -run 'Unit|^Test[A-Z][a-z]*Spec|Fuzz' -short
+	go test -short ./...
 test-runtime: images
 	go test -count=1 ./internal/ctrd/...
 

@@ -23,12 +23,11 @@ kubectl=$K8S_BIN/kubectl
 $kubectl delete -k config/samples --ignore-not-found --wait=true >/dev/null
 $kubectl apply -k config/samples
 names=$($kubectl get -k config/samples -o jsonpath='{.items[*].metadata.name}')
-for n in $names; do
-	for _ in $(seq 600); do
-		case $($kubectl get fc "$n" -o jsonpath='{.status.phase}') in Succeeded | Failed) break ;; esac
-		sleep 0.1
-	done
-done
+# Finished is True once a call is Succeeded or Failed. The results are
+# printed either way; the demo fails if a call never finished.
+rc=0
+# shellcheck disable=SC2086 # one word per call
+$kubectl wait fc $names --for=condition=Finished --timeout=120s >/dev/null || rc=$?
 echo
 $kubectl get fc -o wide
 for n in $names; do
@@ -46,3 +45,4 @@ fnlet runs as a DaemonSet on a local single-node cluster. Try:
   kubectl apply -f config/samples/fnlet_v1alpha1_functioncall_hello.yaml
 Stop everything with: make demo-down
 EOM
+[ "$rc" = 0 ] || die "not every sample call finished within 120s (kubectl wait exited $rc)"

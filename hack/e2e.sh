@@ -5,8 +5,7 @@
 #      if needed);
 #   2. the manager image (hack/build-manager-image.sh) imported into the
 #      cluster containerd's k8s.io namespace (kubelet's), the test images
-#      into its `fnlet` namespace (the calls') and k8s.io (the plain Pod the
-#      latency measurement compares with);
+#      into its `fnlet` namespace (the calls');
 #   3. kubectl apply -k of config/e2e (= config/default with the local
 #      containerd socket dir), through an overlay generated under
 #      $FNLET_RUN/e2e that also stamps the manager image digest on the pod
@@ -20,7 +19,8 @@
 # cluster up: that is how `make demo` deploys fnlet.
 #
 # Environment: FNLET_KEEP_CLUSTER=1 keeps a cluster this script started up;
-# E2E_RUN=<regexp> is passed to go test -run; FNLET_E2E_LATENCY_RUNS (20).
+# E2E_RUN=<regexp> is passed to go test -run. Latency next to a plain Pod is
+# `make bench`'s (its pod way, when this cluster is up).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/k8s-lib.sh"
@@ -77,17 +77,15 @@ cluster() {
 	log "cluster up in $(since "$t")s (reused: $reused)"
 }
 
-# images: the manager image into k8s.io, the test images into fnlet and
-# k8s.io. Sets manager_digest.
+# images: the manager image into k8s.io, the test images into fnlet. Sets
+# manager_digest.
 images() {
 	local t ns
 	t=$(now)
 	IMPORT_ADDRESS=$FNLET_CLUSTER_CONTAINERD_SOCK FNLET_MANAGER_IMAGE=$MANAGER_REF "$FNLET_ROOT/hack/build-manager-image.sh" >/dev/null
 	manager_digest=$(cluster_ctr -n k8s.io images ls "name==$MANAGER_REF" | awk -v r="$MANAGER_REF" '$1 == r { print $3 }')
 	[ -n "$manager_digest" ] || die "$MANAGER_REF is not in $FNLET_CLUSTER_CONTAINERD_SOCK namespace k8s.io after the import"
-	for ns in fnlet k8s.io; do
-		IMPORT_ADDRESS=$FNLET_CLUSTER_CONTAINERD_SOCK IMPORT_NAMESPACE=$ns "$FNLET_ROOT/hack/build-images.sh" >/dev/null
-	done
+	IMPORT_ADDRESS=$FNLET_CLUSTER_CONTAINERD_SOCK IMPORT_NAMESPACE=fnlet "$FNLET_ROOT/hack/build-images.sh" >/dev/null
 	timings+=("images $(since "$t")s")
 	log "images built and imported in $(since "$t")s (manager $manager_digest)"
 }

@@ -3,11 +3,10 @@
 # on a kind cluster, for machines with a Docker engine and kind on PATH:
 #   1. kind create cluster (reused if a cluster of that name exists);
 #   2. the manager image (hack/build-manager-image.sh, an OCI tarball built
-#      with Go tooling only) and the test image loaded with
-#      `kind load image-archive` (containerd namespace k8s.io on the nodes:
-#      the manager pod and the latency test's plain Pod); the test image
-#      also imported into namespace `fnlet` on every node (the calls'), with
-#      `docker exec <node> ctr -n fnlet images import -`;
+#      with Go tooling only) loaded with `kind load image-archive`
+#      (containerd namespace k8s.io on the nodes: the manager pod's); the
+#      test image imported into namespace `fnlet` on every node (the
+#      calls'), with `docker exec <node> ctr -n fnlet images import -`;
 #   3. kubectl apply -k config/default, unchanged: kind's node containerd
 #      socket is the default /run/containerd/containerd.sock; rollout;
 #   4. go test ./test/e2e/..., reaching the nodes through `docker exec`;
@@ -89,7 +88,6 @@ main() {
 
 	t=$(now)
 	"$KIND" load image-archive "$manager_tar" --name "$CLUSTER"
-	"$KIND" load image-archive "$TESTFN_TAR" --name "$CLUSTER"
 	mapfile -t nodes < <("$KIND" get nodes --name "$CLUSTER")
 	for node in "${nodes[@]}"; do
 		docker exec -i "$node" ctr -n fnlet images import - <"$TESTFN_TAR" >/dev/null

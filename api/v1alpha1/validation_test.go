@@ -51,6 +51,7 @@ const immutableMsg = "spec is immutable once the call is claimed by a node (only
 // FunctionCall CRD installed, and returns a client for them.
 func startAPIServer(t *testing.T) client.Client {
 	t.Helper()
+	testenv.Short(t, "kube-apiserver and etcd (admission tests)")
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		testenv.Missing(t, "admission tests: KUBEBUILDER_ASSETS is not set, so there is no kube-apiserver to install the CRD in; "+
 			"run them with KUBEBUILDER_ASSETS=$(hack/build-k8s.sh --apiserver-only --print-assets) go test ./api/...")

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // RequireEnv is set by hack/test.sh (`make test`, CI): there, every daemon
@@ -24,11 +25,41 @@ func Missing(t testing.TB, format string, args ...any) {
 	t.Skipf("skipped: "+format, args...)
 }
 
+// Short skips a test that needs the daemons named by what when go test
+// runs with -short (`make unit`: the pure tests only), with the reason
+// printed. Under RequireEnv nothing is skipped: it fails like Missing.
+func Short(t testing.TB, what string) {
+	t.Helper()
+	if testing.Short() {
+		Missing(t, "-short: needs %s", what)
+	}
+}
+
+// Eventually retries f every interval until it returns nil, and fails the
+// test with f's last error after timeout. It is for state no watch
+// reports: kubectl output, a metrics scrape, a file on a node.
+func Eventually(t testing.TB, timeout, interval time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %s: %v", what, timeout, err)
+		}
+		<-tick.C
+	}
+}
+
 // BuildInit builds fnlet-init (cmd/fnlet-init) into dir with the project's
 // script and returns its path. Suites put it beside the manager binary,
 // where the manager looks for it.
 func BuildInit(dir string) (string, error) {
-	root, err := repoRoot()
+	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}
@@ -40,9 +71,9 @@ func BuildInit(dir string) (string, error) {
 	return out, nil
 }
 
-// repoRoot is the directory of go.mod above the working directory (go test
+// RepoRoot is the directory of go.mod above the working directory (go test
 // runs in the package's directory).
-func repoRoot() (string, error) {
+func RepoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
@@ -62,7 +93,7 @@ func repoRoot() (string, error) {
 // BuildManager builds the manager binary into dir, with fnlet-init beside
 // it (where the manager finds it), and returns the manager's path.
 func BuildManager(dir string) (string, error) {
-	root, err := repoRoot()
+	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/internal/testenv/calls"
 )
 
 // TestAPIServerOutage: the kube-apiserver is stopped for 30 s while 50
@@ -24,7 +25,7 @@ func TestAPIServerOutage(t *testing.T) {
 	o := observe(t, ns)
 
 	names := make([]string, n)
-	want := map[string]outcome{}
+	want := map[string]calls.Outcome{}
 	for i := range names {
 		names[i] = fmt.Sprintf("c%02d", i)
 		// Long enough to all be running before the outage, short enough to
@@ -32,29 +33,14 @@ func TestAPIServerOutage(t *testing.T) {
 		want[names[i]] = mixedCall(t, ns, node, names[i], randDur(25*time.Second, 40*time.Second), mixedExits[rand.IntN(len(mixedExits))])
 	}
 	r.Calls = n
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		k := 0
-		for _, name := range names {
-			if l, _, _ := o.get(name); l != nil && (l.Status.Phase == fnletv1.PhaseRunning || l.IsFinished()) {
-				k++
-			}
-		}
-		if k == n {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d calls running after 90s", k, n)
-		}
-		time.Sleep(100 * time.Millisecond)
+	started := func() int {
+		return o.count(names, func(fc *fnletv1.FunctionCall) bool { return isRunning(fc) || fc.IsFinished() })
+	}
+	if !o.waitUntil(90*time.Second, func() bool { return started() == n }) {
+		t.Fatalf("only %d of %d calls running after 90s", started(), n)
 	}
 
-	running := 0
-	for _, name := range names {
-		if l, _, _ := o.get(name); l != nil && l.Status.Phase == fnletv1.PhaseRunning {
-			running++
-		}
-	}
+	running := o.count(names, isRunning)
 	api := env.te.ControlPlane.APIServer
 	port := api.SecureServing.Port
 	stopping := time.Now()
@@ -92,7 +78,7 @@ func TestAPIServerOutage(t *testing.T) {
 		if f == nil {
 			continue
 		}
-		bad = append(bad, want[name].check(f, m.logDir)...)
+		bad = append(bad, want[name].Check(f, m.logDir)...)
 		if f.Status.FinishedAt != nil && f.Status.FinishedAt.Time.Before(up.Truncate(time.Second)) {
 			endedDuringOutage++
 		}
@@ -109,7 +95,7 @@ func TestAPIServerOutage(t *testing.T) {
 		t.Errorf("the manager exited during the apiserver outage")
 	}
 
-	if held := waitReleased(ns, names, time.Minute); len(held) > 0 {
+	if held := o.waitReleased(names, time.Minute); len(held) > 0 {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
 	}
 	lk := leaks(t, uidsOf(o, names), m.logDir)

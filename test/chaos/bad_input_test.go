@@ -24,6 +24,7 @@ import (
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 	"github.com/fnlet/fnlet/internal/ctrd"
+	"github.com/fnlet/fnlet/internal/testenv/calls"
 	"github.com/fnlet/fnlet/test/testfn/pattern"
 )
 
@@ -32,7 +33,7 @@ type badCase struct {
 	name string
 	node string
 	fc   *fnletv1.FunctionCall
-	want outcome
+	want calls.Outcome
 	// pullError, when set, is the status.pullError wanted.
 	pullError fnletv1.PullError
 	// extra checks the final call (and may look at the node).
@@ -65,23 +66,23 @@ func TestBadInput(t *testing.T) {
 
 	var cases []*badCase
 	add := func(bc *badCase) { cases = append(cases, bc) }
-	failedPull := outcome{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonImagePullFailed}
+	failedPull := calls.Outcome{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonImagePullFailed}
 
 	add(&badCase{name: "garbage-layer", node: big.node, pullError: fnletv1.PullErrorOther,
-		fc:   call("garbage-layer", ns, big.node).Image("localhost/fnlet/chaos-garbage-layer:v1").Obj(),
+		fc:   calls.Local("garbage-layer", ns, big.node).Image("localhost/fnlet/chaos-garbage-layer:v1").Obj(),
 		want: withMessage(failedPull, "unpack")})
 	add(&badCase{name: "missing-layer", node: big.node, pullError: fnletv1.PullErrorOther,
-		fc:   call("missing-layer", ns, big.node).Image("localhost/fnlet/chaos-missing-layer:v1").Obj(),
+		fc:   calls.Local("missing-layer", ns, big.node).Image("localhost/fnlet/chaos-missing-layer:v1").Obj(),
 		want: withMessage(failedPull, "content of the image missing on the node")})
 	add(&badCase{name: "helm-chart", node: big.node, pullError: fnletv1.PullErrorOther,
-		fc:   call("helm-chart", ns, big.node).Image("localhost/fnlet/chaos-helm-chart:v1").Obj(),
+		fc:   calls.Local("helm-chart", ns, big.node).Image("localhost/fnlet/chaos-helm-chart:v1").Obj(),
 		want: withMessage(failedPull, "is not a container image")})
 
 	// 100 MiB on one line: the tail in the status, the whole on disk.
 	const hundredMiB = 100 << 20
 	add(&badCase{name: "no-newline-100mib", node: big.node,
-		fc:   call("no-newline-100mib", ns, big.node).Args("-no-newline-bytes", "100M").Obj(),
-		want: outcome{phase: fnletv1.PhaseSucceeded, reason: fnletv1.ReasonCompleted, exit: ptr(int32(0))},
+		fc:   calls.Local("no-newline-100mib", ns, big.node).Args("-no-newline-bytes", "100M").Obj(),
+		want: calls.Outcome{Phase: fnletv1.PhaseSucceeded, Reason: fnletv1.ReasonCompleted, Exit: ptr(int32(0))},
 		extra: func(fc *fnletv1.FunctionCall) []string {
 			var bad []string
 			tail := make([]byte, 4096)
@@ -95,14 +96,14 @@ func TestBadInput(t *testing.T) {
 			return bad
 		}})
 	add(&badCase{name: "no-newline-over-cap", node: small.node,
-		fc:   call("no-newline-over-cap", ns, small.node).Args("-no-newline-bytes", "100M", "-sleep", "30s").Obj(),
-		want: outcome{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonOutputLimitExceeded, exit: ptr(int32(137))}})
+		fc:   calls.Local("no-newline-over-cap", ns, small.node).Args("-no-newline-bytes", "100M", "-sleep", "30s").Obj(),
+		want: calls.Outcome{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonOutputLimitExceeded, Exit: ptr(int32(137))}})
 
 	// A program that closes its stdout and carries on.
 	before, after := "before close\n", "after close\n"
 	add(&badCase{name: "close-stdout", node: big.node,
-		fc:   call("close-stdout", ns, big.node).Args("-stdout-text", "before close", "-stderr-text", "after close", "-close-stdout", "-sleep", "1s", "-exit", "5").Obj(),
-		want: outcome{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonError, exit: ptr(int32(5)), stdout: &before, stderr: &after, log: &before}})
+		fc:   calls.Local("close-stdout", ns, big.node).Args("-stdout-text", "before close", "-stderr-text", "after close", "-close-stdout", "-sleep", "1s", "-exit", "5").Obj(),
+		want: calls.Outcome{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonError, Exit: ptr(int32(5)), Stdout: &before, Stderr: &after, Log: &before}})
 
 	// Children that outlive their parent: all go with the call. testfn's
 	// children die with it anyway (PDEATHSIG), so the real case is a shell
@@ -111,13 +112,13 @@ func TestBadInput(t *testing.T) {
 		return childrenLeft(string(fc.UID))
 	}
 	add(&badCase{name: "shell-background-jobs", node: big.node,
-		fc: call("shell-background-jobs", ns, big.node).Image(busyboxImage).
+		fc: calls.Local("shell-background-jobs", ns, big.node).Image(busyboxImage).
 			Command("sh", "-c", "sleep 100 & sleep 100 & setsid sleep 100 & echo started; exit 0").Obj(),
-		want:  outcome{phase: fnletv1.PhaseSucceeded, reason: fnletv1.ReasonCompleted, exit: ptr(int32(0)), stdout: ptr("started\n")},
+		want:  calls.Outcome{Phase: fnletv1.PhaseSucceeded, Reason: fnletv1.ReasonCompleted, Exit: ptr(int32(0)), Stdout: ptr("started\n")},
 		extra: noChildren})
 	add(&badCase{name: "fork-children", node: big.node,
-		fc:    call("fork-children", ns, big.node).Args("-fork-children", "3").Obj(),
-		want:  outcome{phase: fnletv1.PhaseSucceeded, reason: fnletv1.ReasonCompleted, exit: ptr(int32(0)), stdout: ptr("fork-children=3\n")},
+		fc:    calls.Local("fork-children", ns, big.node).Args("-fork-children", "3").Obj(),
+		want:  calls.Outcome{Phase: fnletv1.PhaseSucceeded, Reason: fnletv1.ReasonCompleted, Exit: ptr(int32(0)), Stdout: ptr("fork-children=3\n")},
 		extra: noChildren})
 
 	// Malformed pull secrets.
@@ -125,8 +126,8 @@ func TestBadInput(t *testing.T) {
 		Data: map[string][]byte{corev1.DockerConfigJsonKey: []byte(`{"auths": {`)}}
 	if err := env.k8s.Create(ctx, invalidJSON); err == nil {
 		add(&badCase{name: "secret-invalid-json", node: big.node,
-			fc:   call("secret-invalid-json", ns, big.node).PullSecrets("invalid-json").Obj(),
-			want: outcome{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonInvalidSpec, message: "invalid-json"}})
+			fc:   calls.Local("secret-invalid-json", ns, big.node).PullSecrets("invalid-json").Obj(),
+			want: calls.Outcome{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonInvalidSpec, Message: "invalid-json"}})
 	} else {
 		r.notef("a dockerconfigjson Secret with invalid JSON is refused by the apiserver itself: %v", err)
 	}
@@ -142,16 +143,16 @@ func TestBadInput(t *testing.T) {
 			t.Fatalf("create secret %s: %v", name, err)
 		}
 		add(&badCase{name: "secret-" + name, node: big.node,
-			fc:   call("secret-"+name, ns, big.node).PullSecrets(name).Obj(),
-			want: outcome{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonInvalidSpec, message: `imagePullSecret "` + name + `"`}})
+			fc:   calls.Local("secret-"+name, ns, big.node).PullSecrets(name).Obj(),
+			want: calls.Outcome{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonInvalidSpec, Message: `imagePullSecret "` + name + `"`}})
 	}
 	opaque := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "opaque", Namespace: ns}, StringData: map[string]string{corev1.DockerConfigJsonKey: `{"auths":{}}`}}
 	if err := env.k8s.Create(ctx, opaque); err != nil {
 		t.Fatal(err)
 	}
 	add(&badCase{name: "secret-wrong-type", node: big.node,
-		fc:   call("secret-wrong-type", ns, big.node).PullSecrets("opaque").Obj(),
-		want: outcome{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonInvalidSpec, message: "has type"}})
+		fc:   calls.Local("secret-wrong-type", ns, big.node).PullSecrets("opaque").Obj(),
+		want: calls.Outcome{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonInvalidSpec, Message: "has type"}})
 
 	var names []string
 	var uids []string
@@ -163,34 +164,35 @@ func TestBadInput(t *testing.T) {
 	}
 	// The control: while a shell and its background jobs run, the check
 	// above sees them; cancelled, the whole tree goes.
-	ctl := create(t, call("tree-cancelled", ns, big.node).Image(busyboxImage).
+	ctl := create(t, calls.Local("tree-cancelled", ns, big.node).Image(busyboxImage).
 		Command("sh", "-c", "sleep 100 & sleep 100 & setsid sleep 100 & sleep 100").Obj())
 	names = append(names, ctl.Name)
 	uids = append(uids, string(ctl.UID))
 	cases = append(cases, &badCase{name: ctl.Name, node: big.node, uid: string(ctl.UID),
-		want: outcome{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonCancelled}, extra: noChildren})
-	deadline := time.Now().Add(time.Minute)
-	for {
+		want: calls.Outcome{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonCancelled}, extra: noChildren})
+	if !o.waitUntil(time.Minute, func() bool {
 		l, _, _ := o.get(ctl.Name)
-		if l != nil && l.Status.Phase == fnletv1.PhaseRunning {
-			// The four sleeps (the shell execs the last one), once there.
-			for i := 0; i < 50 && len(childrenLeft(string(ctl.UID))) < 4; i++ {
-				time.Sleep(100 * time.Millisecond)
-			}
-			if n := len(childrenLeft(string(ctl.UID))); n < 4 {
-				t.Errorf("the process check sees %d processes of a running shell with 3 background jobs and a foreground one, want 4", n)
-			}
-			patch := client.MergeFrom(l.DeepCopy())
-			l.Spec.Cancel = true
-			if err := env.k8s.Patch(ctx, l, patch); err != nil {
-				t.Fatalf("cancel %s: %v", ctl.Name, err)
-			}
+		return l != nil && l.Status.Phase == fnletv1.PhaseRunning
+	}) {
+		t.Fatalf("%s not running after 1m", ctl.Name)
+	}
+	// The four sleeps (the shell execs the last one), once there: no
+	// event says so, the process table is polled.
+	var procs int
+	for i := 0; i < 50; i++ {
+		if procs = len(childrenLeft(string(ctl.UID))); procs >= 4 {
 			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not running after 1m", ctl.Name)
-		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
+	}
+	if procs < 4 {
+		t.Errorf("the process check sees %d processes of a running shell with 3 background jobs and a foreground one, want 4", procs)
+	}
+	l, _, _ := o.get(ctl.Name)
+	patch := client.MergeFrom(l.DeepCopy())
+	l.Spec.Cancel = true
+	if err := env.k8s.Patch(ctx, l, patch); err != nil {
+		t.Fatalf("cancel %s: %v", ctl.Name, err)
 	}
 
 	r.Calls = len(cases)
@@ -211,7 +213,7 @@ func TestBadInput(t *testing.T) {
 		if bc.node == small.node {
 			logDir = small.logDir
 		}
-		problems := bc.want.check(f, logDir)
+		problems := bc.want.Check(f, logDir)
 		if bc.pullError != "" && f.Status.PullError != bc.pullError {
 			problems = append(problems, fmt.Sprintf("%s: pullError %q, want %q", bc.name, f.Status.PullError, bc.pullError))
 		}
@@ -223,11 +225,11 @@ func TestBadInput(t *testing.T) {
 		if len(problems) > 0 {
 			bad = append(bad, strings.Join(problems, "; "))
 		}
-		r.notef("%s → %s/%s pullError=%q exit=%v: %q", bc.name, f.Status.Phase, f.Status.Reason, f.Status.PullError, exitOf(f), clip(f.Status.Message))
+		r.notef("%s → %s/%s pullError=%q exit=%v: %q", bc.name, f.Status.Phase, f.Status.Reason, f.Status.PullError, calls.ExitOf(f), calls.Clip(f.Status.Message))
 	}
 	r.tally(t, o, names, bad)
 
-	if held := waitReleased(ns, names, time.Minute); len(held) > 0 {
+	if held := o.waitReleased(names, time.Minute); len(held) > 0 {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
 	}
 	lk := leaks(t, uids, big.logDir, small.logDir)
@@ -238,16 +240,9 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-func withMessage(o outcome, msg string) outcome {
-	o.message = msg
+func withMessage(o calls.Outcome, msg string) calls.Outcome {
+	o.Message = msg
 	return o
-}
-
-func exitOf(fc *fnletv1.FunctionCall) string {
-	if fc.Status.ExitCode == nil {
-		return "none"
-	}
-	return fmt.Sprint(*fc.Status.ExitCode)
 }
 
 // childrenLeft lists processes still in the call's container cgroup, and

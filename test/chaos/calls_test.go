@@ -3,112 +3,28 @@ package chaos
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
-	"github.com/fnlet/fnlet/internal/ctrd"
-	utiltesting "github.com/fnlet/fnlet/internal/testing"
+	"github.com/fnlet/fnlet/internal/testenv/calls"
 )
-
-func call(name, ns, node string) *utiltesting.FunctionCallWrapper {
-	return utiltesting.MakeFunctionCall(name, ns).Image(testImage).ImagePullPolicy(corev1.PullNever).NodeName(node)
-}
 
 // create submits a call, retrying while the apiserver is briefly away.
 func create(t *testing.T, fc *fnletv1.FunctionCall) *fnletv1.FunctionCall {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		err := env.k8s.Create(context.Background(), fc)
-		if err == nil {
-			return fc
-		}
-		if apierrors.IsAlreadyExists(err) || time.Now().After(deadline) {
-			t.Fatalf("create %s: %v", fc.Name, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-// outcome is what a call's final status must say.
-type outcome struct {
-	phase  fnletv1.CallPhase
-	reason fnletv1.CallReason
-	exit   *int32 // nil: not checked
-	// exitIn, when set, lists the acceptable exit codes.
-	exitIn []int32
-	stdout *string
-	stderr *string
-	// log is the exact content of the full stdout file on the node.
-	log *string
-	// message must contain this, when set.
-	message string
+	return env.calls.CreateRetrying(t, fc, 60*time.Second)
 }
 
 func ptr[T any](v T) *T { return &v }
-
-// check compares a final status with the expected outcome; logDir is the
-// manager's --log-dir ("" skips the full-log check).
-func (o outcome) check(fc *fnletv1.FunctionCall, logDir string) []string {
-	var bad []string
-	st := fc.Status
-	if st.Phase != o.phase || st.Reason != o.reason {
-		bad = append(bad, fmt.Sprintf("phase/reason %s/%s (%q), want %s/%s", st.Phase, st.Reason, st.Message, o.phase, o.reason))
-	}
-	if o.exit != nil && (st.ExitCode == nil || *st.ExitCode != *o.exit) {
-		got := "none"
-		if st.ExitCode != nil {
-			got = fmt.Sprint(*st.ExitCode)
-		}
-		bad = append(bad, fmt.Sprintf("exit code %s, want %d", got, *o.exit))
-	}
-	if len(o.exitIn) > 0 && (st.ExitCode == nil || !slices.Contains(o.exitIn, *st.ExitCode)) {
-		bad = append(bad, fmt.Sprintf("exit code %s, want one of %v", exitOf(fc), o.exitIn))
-	}
-	if o.stdout != nil && st.Stdout != *o.stdout {
-		bad = append(bad, fmt.Sprintf("status stdout %q, want %q", clip(st.Stdout), clip(*o.stdout)))
-	}
-	if o.stderr != nil && st.Stderr != *o.stderr {
-		bad = append(bad, fmt.Sprintf("status stderr %q, want %q", clip(st.Stderr), clip(*o.stderr)))
-	}
-	if o.message != "" && !strings.Contains(st.Message, o.message) {
-		bad = append(bad, fmt.Sprintf("message %q does not say %q", st.Message, o.message))
-	}
-	if o.log != nil && logDir != "" {
-		b, err := os.ReadFile(filepath.Join(logDir, ctrd.ContainerID(string(fc.UID)), "stdout"))
-		switch {
-		case err != nil:
-			bad = append(bad, fmt.Sprintf("full log: %v", err))
-		case string(b) != *o.log:
-			bad = append(bad, fmt.Sprintf("full log %q, want %q (exactly once)", clip(string(b)), clip(*o.log)))
-		}
-	}
-	if len(bad) > 0 {
-		return []string{fmt.Sprintf("%s/%s: %s", fc.Namespace, fc.Name, strings.Join(bad, "; "))}
-	}
-	return nil
-}
-
-func clip(s string) string {
-	if len(s) > 200 {
-		return s[:100] + "..." + s[len(s)-100:]
-	}
-	return s
-}
 
 // observer watches every call of a namespace (re-listing after any break,
 // e.g. an apiserver outage) and records the first final status of each
@@ -123,11 +39,20 @@ type observer struct {
 	rewritten map[string][]string
 	gone      map[string]bool
 	relists   int
+	// changed is closed (and replaced) whenever a call is recorded or
+	// gone: waitFinal wakes on it.
+	changed chan struct{}
+}
+
+// notify wakes the waiters; o.mu must be held.
+func (o *observer) notify() {
+	close(o.changed)
+	o.changed = make(chan struct{})
 }
 
 func observe(t *testing.T, ns string) *observer {
 	o := &observer{ns: ns, latest: map[string]*fnletv1.FunctionCall{}, final: map[string]*fnletv1.FunctionCall{},
-		firstSeen: map[string]time.Time{}, rewritten: map[string][]string{}, gone: map[string]bool{}}
+		firstSeen: map[string]time.Time{}, rewritten: map[string][]string{}, gone: map[string]bool{}, changed: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); o.run(ctx) }()
@@ -153,6 +78,7 @@ func (o *observer) run(ctx context.Context) {
 				o.gone[name] = true
 			}
 		}
+		o.notify()
 		o.mu.Unlock()
 		for i := range list.Items {
 			o.record(&list.Items[i])
@@ -180,6 +106,7 @@ func (o *observer) run(ctx context.Context) {
 					o.record(fc)
 					o.mu.Lock()
 					o.gone[fc.Name] = true
+					o.notify()
 					o.mu.Unlock()
 				case ev.Type == watch.Added || ev.Type == watch.Modified:
 					o.record(fc)
@@ -193,6 +120,7 @@ func (o *observer) run(ctx context.Context) {
 func (o *observer) record(fc *fnletv1.FunctionCall) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	defer o.notify()
 	o.latest[fc.Name] = fc.DeepCopy()
 	if !fc.IsFinished() {
 		if f := o.final[fc.Name]; f != nil && f.UID == fc.UID {
@@ -223,7 +151,7 @@ func outcomeDiff(a, b *fnletv1.FunctionCall) string {
 	if x.Phase != y.Phase || x.Reason != y.Reason || ec(x.ExitCode) != ec(y.ExitCode) || x.Stdout != y.Stdout ||
 		x.Stderr != y.Stderr || x.Message != y.Message || !x.FinishedAt.Equal(y.FinishedAt) {
 		return fmt.Sprintf("final status rewritten: %s/%s exit %s %q → %s/%s exit %s %q",
-			x.Phase, x.Reason, ec(x.ExitCode), clip(x.Stdout), y.Phase, y.Reason, ec(y.ExitCode), clip(y.Stdout))
+			x.Phase, x.Reason, ec(x.ExitCode), calls.Clip(x.Stdout), y.Phase, y.Reason, ec(y.ExitCode), calls.Clip(y.Stdout))
 	}
 	return ""
 }
@@ -255,7 +183,8 @@ func (o *observer) rewrites() []string {
 // waitFinal waits until every named call has a final status (or is gone,
 // when goneOK) and returns those that never got one.
 func (o *observer) waitFinal(names []string, timeout time.Duration, goneOK func(string) bool) []string {
-	deadline := time.Now().Add(timeout)
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
 	for {
 		var missing []string
 		o.mu.Lock()
@@ -268,11 +197,50 @@ func (o *observer) waitFinal(names []string, timeout time.Duration, goneOK func(
 			}
 			missing = append(missing, n)
 		}
+		changed := o.changed
 		o.mu.Unlock()
-		if len(missing) == 0 || time.Now().After(deadline) {
+		if len(missing) == 0 {
 			return missing
 		}
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return missing
+		}
+	}
+}
+
+// count is how many of the named calls were last seen in a state pred
+// accepts.
+func (o *observer) count(names []string, pred func(*fnletv1.FunctionCall) bool) int {
+	k := 0
+	for _, name := range names {
+		if l, _, _ := o.get(name); l != nil && pred(l) {
+			k++
+		}
+	}
+	return k
+}
+
+func isRunning(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning }
+
+// waitUntil waits until cond holds, re-checking it whenever the observer
+// records a change; false after timeout.
+func (o *observer) waitUntil(timeout time.Duration, cond func() bool) bool {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		o.mu.Lock()
+		changed := o.changed
+		o.mu.Unlock()
+		if cond() {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return cond()
+		}
 	}
 }
 
@@ -303,52 +271,41 @@ func condSummary(fc *fnletv1.FunctionCall) string {
 
 // waitReleased waits until the calls have no finalizer (the manager removed
 // their containers) or are gone, and returns those still held.
-func waitReleased(ns string, names []string, timeout time.Duration) []string {
-	deadline := time.Now().Add(timeout)
-	for {
-		var held []string
-		var list fnletv1.FunctionCallList
-		if err := env.k8s.List(context.Background(), &list, client.InNamespace(ns)); err == nil {
-			want := map[string]bool{}
-			for _, n := range names {
-				want[n] = true
-			}
-			for _, fc := range list.Items {
-				if want[fc.Name] && len(fc.Finalizers) > 0 {
-					held = append(held, fc.Name)
-				}
-			}
-			if len(held) == 0 {
-				return nil
+func (o *observer) waitReleased(names []string, timeout time.Duration) []string {
+	held := func() []string {
+		var out []string
+		for _, n := range names {
+			if l, _, gone := o.get(n); l != nil && !gone && len(l.Finalizers) > 0 {
+				out = append(out, n)
 			}
 		}
-		if time.Now().After(deadline) {
-			return held
-		}
-		time.Sleep(200 * time.Millisecond)
+		return out
 	}
+	o.waitUntil(timeout, func() bool { return len(held()) == 0 })
+	return held()
 }
 
-// deleteAndWait deletes calls and waits until they are gone.
-func deleteAndWait(t *testing.T, ns string, timeout time.Duration) {
+// deleteAndWait deletes the namespace's calls and waits until every call
+// the observer saw is gone.
+func (o *observer) deleteAndWait(t *testing.T, timeout time.Duration) {
 	t.Helper()
-	ctx := context.Background()
-	if err := env.k8s.DeleteAllOf(ctx, &fnletv1.FunctionCall{}, client.InNamespace(ns)); err != nil {
-		t.Errorf("delete calls of %s: %v", ns, err)
+	if err := env.k8s.DeleteAllOf(context.Background(), &fnletv1.FunctionCall{}, client.InNamespace(o.ns)); err != nil {
+		t.Errorf("delete calls of %s: %v", o.ns, err)
 		return
 	}
-	deadline := time.Now().Add(timeout)
-	for {
-		var list fnletv1.FunctionCallList
-		err := env.k8s.List(ctx, &list, client.InNamespace(ns))
-		if err == nil && len(list.Items) == 0 {
-			return
+	left := func() int {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		n := 0
+		for name := range o.latest {
+			if !o.gone[name] {
+				n++
+			}
 		}
-		if time.Now().After(deadline) {
-			t.Errorf("%d calls of %s still there %s after delete (err %v)", len(list.Items), ns, timeout, err)
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
+		return n
+	}
+	if !o.waitUntil(timeout, func() bool { return left() == 0 }) {
+		t.Errorf("%d calls of %s still there %s after delete", left(), o.ns, timeout)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/internal/testenv/calls"
 )
 
 // TestContainerdRestarts: containerd is SIGKILLed and restarted (same root
@@ -24,25 +25,14 @@ func TestContainerdRestarts(t *testing.T) {
 	o := observe(t, ns)
 
 	names := make([]string, n)
-	want := map[string]outcome{}
+	want := map[string]calls.Outcome{}
 	for i := range names {
 		names[i] = fmt.Sprintf("c%02d", i)
 		want[names[i]] = mixedCall(t, ns, node, names[i], randDur(time.Second, 9*time.Second), mixedExits[rand.IntN(len(mixedExits))])
 	}
 	r.Calls = n
-	running := func() int {
-		k := 0
-		for _, name := range names {
-			if l, _, _ := o.get(name); l != nil && l.Status.Phase == fnletv1.PhaseRunning {
-				k++
-			}
-		}
-		return k
-	}
-	deadline := time.Now().Add(60 * time.Second)
-	for running() < n/2 && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
+	running := func() int { return o.count(names, isRunning) }
+	o.waitUntil(60*time.Second, func() bool { return running() >= n/2 })
 	before := m.metric("fnlet_event_stream_reconnects_total")
 
 	var at []string
@@ -73,9 +63,9 @@ func TestContainerdRestarts(t *testing.T) {
 			// containerd reaped the task when it restarted (see the note):
 			// the status must say so and still carry the output.
 			lostExit = append(lostExit, name)
-			p := fmt.Sprintf("%s/%s: exit status lost (want %s/%s exit %d)", ns, name, w.phase, w.reason, *w.exit)
-			alt := outcome{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonRuntimeError, stdout: w.stdout, stderr: w.stderr, log: w.log}
-			if more := alt.check(f, m.logDir); len(more) > 0 {
+			p := fmt.Sprintf("%s/%s: exit status lost (want %s/%s exit %d)", ns, name, w.Phase, w.Reason, *w.Exit)
+			alt := calls.Outcome{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonRuntimeError, Stdout: w.Stdout, Stderr: w.Stderr, Log: w.Log}
+			if more := alt.Check(f, m.logDir); len(more) > 0 {
 				p += "; and " + more[0]
 			}
 			if f.Status.ExitCode != nil {
@@ -84,7 +74,7 @@ func TestContainerdRestarts(t *testing.T) {
 			bad = append(bad, p)
 			continue
 		}
-		bad = append(bad, w.check(f, m.logDir)...)
+		bad = append(bad, w.Check(f, m.logDir)...)
 	}
 	if len(lostExit) > 0 {
 		r.notef("%d calls lost their exit status: containerd reaps, on restart, the shim of every task without processes (containerd#6860's cleanup), exit status included, and fnlet-init's record of it was missing (counted as wrong statuses)", len(lostExit))
@@ -97,7 +87,7 @@ func TestContainerdRestarts(t *testing.T) {
 		t.Errorf("event stream reconnected %v times for %d containerd restarts", after-before, r.Faults)
 	}
 
-	if held := waitReleased(ns, names, time.Minute); len(held) > 0 {
+	if held := o.waitReleased(names, time.Minute); len(held) > 0 {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
 	}
 	lk := leaks(t, uidsOf(o, names), m.logDir)
@@ -123,24 +113,12 @@ func TestContainerdDownPastTimeout(t *testing.T) {
 	var running, during []string
 	for i := 0; i < 5; i++ {
 		name := fmt.Sprintf("running-%d", i)
-		create(t, call(name, ns, node).Args("-stdout-text", "started "+name, "-sleep", "60s").Timeout(timeout).Obj())
+		create(t, calls.Local(name, ns, node).Args("-stdout-text", "started "+name, "-sleep", "60s").Timeout(timeout).Obj())
 		running = append(running, name)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		k := 0
-		for _, name := range running {
-			if l, _, _ := o.get(name); l != nil && l.Status.Phase == fnletv1.PhaseRunning {
-				k++
-			}
-		}
-		if k == len(running) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d calls running after 60s", k, len(running))
-		}
-		time.Sleep(100 * time.Millisecond)
+	nRunning := func() int { return o.count(running, isRunning) }
+	if !o.waitUntil(60*time.Second, func() bool { return nRunning() == len(running) }) {
+		t.Fatalf("only %d of %d calls running after 60s", nRunning(), len(running))
 	}
 
 	down := time.Now()
@@ -153,7 +131,7 @@ func TestContainerdDownPastTimeout(t *testing.T) {
 	m.Restart()
 	for i := 0; i < 3; i++ {
 		name := fmt.Sprintf("during-%d", i)
-		create(t, call(name, ns, node).Args("-stdout-text", "never", "-sleep", "1s").Timeout(timeout).Obj())
+		create(t, calls.Local(name, ns, node).Args("-stdout-text", "never", "-sleep", "1s").Timeout(timeout).Obj())
 		during = append(during, name)
 	}
 	time.Sleep(2*timeout + 3*time.Second)
@@ -175,18 +153,18 @@ func TestContainerdDownPastTimeout(t *testing.T) {
 	for _, name := range running {
 		if _, f, _ := o.get(name); f != nil {
 			reasons[string(f.Status.Reason)]++
-			want := outcome{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonTimedOut}
+			want := calls.Outcome{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonTimedOut}
 			if f.Status.Reason == fnletv1.ReasonRuntimeError {
-				want = outcome{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonRuntimeError, message: "containerd was unavailable until the call's timeout"}
+				want = calls.Outcome{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonRuntimeError, Message: "containerd was unavailable until the call's timeout"}
 				msgs = append(msgs, f.Status.Message)
 			}
-			bad = append(bad, want.check(f, "")...)
+			bad = append(bad, want.Check(f, "")...)
 			slowest = max(slowest, o.finishedAt(name).Sub(up))
 		}
 	}
 	for _, name := range during {
 		if _, f, _ := o.get(name); f != nil {
-			bad = append(bad, outcome{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonRuntimeError, message: "containerd was unavailable until the call's timeout"}.check(f, "")...)
+			bad = append(bad, calls.Outcome{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonRuntimeError, Message: "containerd was unavailable until the call's timeout"}.Check(f, "")...)
 			slowest = max(slowest, o.finishedAt(name).Sub(up))
 			if env.starts.runs(string(f.UID)) > 0 {
 				bad = append(bad, name+": started after its deadline had passed")
@@ -203,7 +181,7 @@ func TestContainerdDownPastTimeout(t *testing.T) {
 	if slowest > 60*time.Second {
 		t.Errorf("calls took %s after containerd returned to end", slowest)
 	}
-	if held := waitReleased(ns, names, time.Minute); len(held) > 0 {
+	if held := o.waitReleased(names, time.Minute); len(held) > 0 {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
 	}
 	lk := leaks(t, uidsOf(o, names), m.logDir)

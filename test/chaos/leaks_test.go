@@ -15,13 +15,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/internal/testenv/calls"
 )
 
 // leakCall is one call of the leak run and what must become of it.
 type leakCall struct {
 	name, kind string
 	uid        string
-	want       outcome
+	want       calls.Outcome
 	acted      bool // cancel set / delete sent
 	done       bool
 }
@@ -72,13 +73,13 @@ func TestLeaks(t *testing.T) {
 	var warm []string
 	for i := 0; i < 20; i++ {
 		name := fmt.Sprintf("warm-%02d", i)
-		create(t, call(name, ns, node).Args("-stdout-text", name).Obj())
+		create(t, calls.Local(name, ns, node).Args("-stdout-text", name).Obj())
 		warm = append(warm, name)
 	}
 	if missing := o.waitFinal(warm, 2*time.Minute, nil); len(missing) > 0 {
 		t.Fatalf("warm-up calls did not finish: %v", o.describeMissing(missing))
 	}
-	deleteAndWait(t, ns, time.Minute)
+	o.deleteAndWait(t, time.Minute)
 	baseG, baseRSS, baseHeap := settle(t, m, 0, 0)
 	r.notef("baseline after 20 warm-up calls: %d goroutines, RSS %.1f MiB, heap in use %.1f MiB", baseG, mib(baseRSS), mib(baseHeap))
 
@@ -108,7 +109,7 @@ func TestLeaks(t *testing.T) {
 			case c.kind == "delete" && gone:
 				c.done = true
 			case final != nil:
-				bad = append(bad, c.want.check(final, m.logDir)...)
+				bad = append(bad, c.want.Check(final, m.logDir)...)
 				c.done = true
 				if err := env.k8s.Delete(ctx, final, client.Preconditions{UID: &final.UID}); err != nil && !apierrors.IsNotFound(err) {
 					t.Errorf("delete %s: %v", name, err)
@@ -158,7 +159,7 @@ func TestLeaks(t *testing.T) {
 	}
 	r.notef("%d calls in %.0fs (%.1f calls/s, at most %d in flight): %s", submitted, elapsed.Seconds(), float64(submitted)/elapsed.Seconds(), inFlight, strings.Join(mix, ", "))
 
-	deleteAndWait(t, ns, 2*time.Minute)
+	o.deleteAndWait(t, 2*time.Minute)
 	lk := leaks(t, uids, m.logDir)
 
 	// The retention policy runs at the manager's start and every minute.
@@ -230,28 +231,28 @@ var stoppedExits = []int32{143, 2, 137}
 func submitLeakCall(t *testing.T, ns, node string, i int) *leakCall {
 	t.Helper()
 	c := &leakCall{name: fmt.Sprintf("l%04d", i), kind: pickKind()}
-	w := call(c.name, ns, node)
+	w := calls.Local(c.name, ns, node)
 	switch c.kind {
 	case "success":
 		out := fmt.Sprintf("ok %s %08x", c.name, rand.Uint32())
 		w.Args("-stdout-text", out, "-sleep", randDur(0, 300*time.Millisecond).String())
 		stdout := out + "\n"
-		c.want = outcome{phase: fnletv1.PhaseSucceeded, reason: fnletv1.ReasonCompleted, exit: ptr(int32(0)), stdout: &stdout, log: &stdout}
+		c.want = calls.Outcome{Phase: fnletv1.PhaseSucceeded, Reason: fnletv1.ReasonCompleted, Exit: ptr(int32(0)), Stdout: &stdout, Log: &stdout}
 	case "error":
 		code := int32(1 + rand.IntN(100))
 		msg := fmt.Sprintf("failed %s", c.name)
 		w.Args("-stderr-text", msg, "-exit", fmt.Sprint(code))
 		stderr := msg + "\n"
-		c.want = outcome{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonError, exit: ptr(code), stderr: &stderr}
+		c.want = calls.Outcome{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonError, Exit: ptr(code), Stderr: &stderr}
 	case "oom":
 		w.Args("-alloc-mib", "64").Memory("32Mi")
-		c.want = outcome{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonOOMKilled, exit: ptr(int32(137))}
+		c.want = calls.Outcome{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonOOMKilled, Exit: ptr(int32(137))}
 	case "timeout":
 		w.Args("-sleep", "30s").Timeout(time.Second)
-		c.want = outcome{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonTimedOut, exitIn: stoppedExits}
+		c.want = calls.Outcome{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonTimedOut, ExitIn: stoppedExits}
 	case "cancel":
 		w.Args("-sleep", "30s")
-		c.want = outcome{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonCancelled, exitIn: stoppedExits}
+		c.want = calls.Outcome{Phase: fnletv1.PhaseFailed, Reason: fnletv1.ReasonCancelled, ExitIn: stoppedExits}
 	case "delete":
 		w.Args("-sleep", "30s")
 	}

@@ -8,21 +8,22 @@ import (
 	"time"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/internal/testenv/calls"
 )
 
 // mixedCall submits a call of the given length and exit code whose stdout
 // and stderr are unique to it, and returns what its status must say.
-func mixedCall(t *testing.T, ns, node, name string, sleep time.Duration, exit int32, extra ...string) outcome {
+func mixedCall(t *testing.T, ns, node, name string, sleep time.Duration, exit int32, extra ...string) calls.Outcome {
 	t.Helper()
 	token := fmt.Sprintf("%s-%s-%08x", ns, name, rand.Uint32())
 	args := append([]string{"-stdout-text", "out " + token, "-stderr-text", "err " + token,
 		"-sleep", sleep.String(), "-exit", fmt.Sprint(exit)}, extra...)
-	create(t, call(name, ns, node).Args(args...).Obj())
+	create(t, calls.Local(name, ns, node).Args(args...).Obj())
 	stdout, stderr := "out "+token+"\n", "err "+token+"\n"
-	o := outcome{phase: fnletv1.PhaseSucceeded, reason: fnletv1.ReasonCompleted, exit: ptr(exit),
-		stdout: &stdout, stderr: &stderr, log: &stdout}
+	o := calls.Outcome{Phase: fnletv1.PhaseSucceeded, Reason: fnletv1.ReasonCompleted, Exit: ptr(exit),
+		Stdout: &stdout, Stderr: &stderr, Log: &stdout}
 	if exit != 0 {
-		o.phase, o.reason = fnletv1.PhaseFailed, fnletv1.ReasonError
+		o.Phase, o.Reason = fnletv1.PhaseFailed, fnletv1.ReasonError
 	}
 	return o
 }
@@ -44,7 +45,7 @@ func TestManagerCrashes(t *testing.T) {
 	o := observe(t, ns)
 
 	names := make([]string, n)
-	want := map[string]outcome{}
+	want := map[string]calls.Outcome{}
 	for i := range names {
 		names[i] = fmt.Sprintf("c%03d", i)
 		want[names[i]] = mixedCall(t, ns, node, names[i], randDur(100*time.Millisecond, 5*time.Second), mixedExits[rand.IntN(len(mixedExits))])
@@ -77,7 +78,7 @@ func TestManagerCrashes(t *testing.T) {
 	var bad []string
 	for _, name := range names {
 		if _, f, _ := o.get(name); f != nil {
-			bad = append(bad, want[name].check(f, m.logDir)...)
+			bad = append(bad, want[name].Check(f, m.logDir)...)
 		}
 	}
 	r.tally(t, o, names, bad)
@@ -85,7 +86,7 @@ func TestManagerCrashes(t *testing.T) {
 		t.Errorf("containerd saw %d of %d calls start", started, n)
 	}
 
-	if held := waitReleased(ns, names, time.Minute); len(held) > 0 {
+	if held := o.waitReleased(names, time.Minute); len(held) > 0 {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
 	}
 	lk := leaks(t, uidsOf(o, names), m.logDir)

@@ -26,6 +26,7 @@ package chaos
 import (
 	"bufio"
 	"context"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -42,18 +43,16 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/fnlet/fnlet/internal/testenv"
+	"github.com/fnlet/fnlet/internal/testenv/calls"
 	"github.com/fnlet/fnlet/internal/testenv/kubeapi"
 	"github.com/fnlet/fnlet/internal/testenv/managerproc"
 )
 
 const (
-	testImage    = "localhost/fnlet/testfn:v1"
 	busyboxImage = "localhost/fnlet/busybox:v1"
 )
 
@@ -70,6 +69,7 @@ var env struct {
 	workDir     string
 	starts      *startTracker
 	baseLeases  map[string]bool
+	calls       calls.Env
 }
 
 func repoRoot() string {
@@ -85,7 +85,12 @@ func runSuite(m *testing.M) int {
 	env.containerd = os.Getenv("FNLET_CONTAINERD_ADDRESS")
 	env.ctrdPIDFile = os.Getenv("FNLET_CHAOS_CONTAINERD_PIDFILE")
 	env.ctrdNS = envOr("FNLET_CHAOS_NAMESPACE", "fnlet-chaos")
+	flag.Parse()
 	switch {
+	case testing.Short():
+		fmt.Println("chaos suite skipped: -short (it needs kube-apiserver, containerd of its own and the manager binary)")
+		env.skip = "-short: needs kube-apiserver, a containerd of its own and the manager binary"
+		return m.Run()
 	case env.ctrdPIDFile == "":
 		// Not a missing daemon: the suite is opt-in, since it kills the
 		// containerd it is given. `make test` never sets this.
@@ -100,26 +105,16 @@ func runSuite(m *testing.M) int {
 		fmt.Println("chaos suite skipped:", env.skip)
 		return m.Run()
 	}
-	work, err := os.MkdirTemp("", "fnlet-chaos-")
-	if err != nil {
-		panic(err)
-	}
-	defer os.RemoveAll(work)
-	env.workDir = work
-
-	if env.managerBin, err = testenv.BuildManager(work); err != nil {
-		fmt.Println(err)
-		return 1
-	}
-
 	// Restartable: the outage test stops and starts the apiserver.
-	api, err := kubeapi.Start(repoRoot(), work, kubeapi.Restartable())
+	api, err := kubeapi.StartSuite("fnlet-chaos", kubeapi.Restartable())
 	if err != nil {
 		fmt.Println(err)
 		return 1
 	}
+	env.workDir, env.managerBin = api.Dir, api.ManagerBin
 	defer api.Stop()
 	env.te, env.k8s, env.kubeconfig = api.Env, api.Client, api.ManagerKubeconfig
+	env.calls = calls.Env{Client: api.Client}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -158,11 +153,7 @@ func requireChaos(t *testing.T) {
 
 func newNamespace(t *testing.T, prefix string) string {
 	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}
-	if err := env.k8s.Create(context.Background(), ns); err != nil {
-		t.Fatal(err)
-	}
-	return ns.Name
+	return env.calls.Namespace(t, prefix)
 }
 
 // ---- the manager process ----

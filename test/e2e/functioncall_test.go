@@ -14,44 +14,29 @@ import (
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 	"github.com/fnlet/fnlet/internal/ctrd"
+	"github.com/fnlet/fnlet/internal/testenv"
 )
 
-// Changes go through kubectl; waiting and bulk reads use the API client
-// (reading is not what is under test, and polling kubectl would be slow).
+// Changes go through kubectl; waits (on a watch) and bulk reads use the API
+// client (reading is not what is under test).
 
 func getFC(t testing.TB, name string) (*fnletv1.FunctionCall, error) {
 	t.Helper()
 	var fc fnletv1.FunctionCall
-	err := env.k8s.Get(context.Background(), client.ObjectKey{Namespace: env.ns, Name: name}, &fc)
+	err := env.k8s.Get(context.Background(), key(name), &fc)
 	return &fc, err
 }
 
-// waitFC polls the call until cond holds.
-func waitFC(t testing.TB, name string, timeout time.Duration, what string, cond func(*fnletv1.FunctionCall) bool) *fnletv1.FunctionCall {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		fc, err := getFC(t, name)
-		if err == nil && cond(fc) {
-			return fc
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not %s after %s; last status %+v (err %v)\n%s", name, what, timeout, fc.Status, err, managerLogTail(t, 30))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
+func key(name string) client.ObjectKey { return client.ObjectKey{Namespace: env.ns, Name: name} }
 
 func waitFinished(t testing.TB, name string, timeout time.Duration) *fnletv1.FunctionCall {
 	t.Helper()
-	return waitFC(t, name, timeout, "finished", func(fc *fnletv1.FunctionCall) bool { return fc.IsFinished() })
+	return env.calls.WaitFinished(t, key(name), timeout)
 }
 
 func waitRunning(t testing.TB, name string) *fnletv1.FunctionCall {
 	t.Helper()
-	return waitFC(t, name, 60*time.Second, "running", func(fc *fnletv1.FunctionCall) bool {
-		return fc.Status.Phase == fnletv1.PhaseRunning || fc.IsFinished()
-	})
+	return env.calls.WaitRunning(t, key(name), 60*time.Second)
 }
 
 // expectOutcome reads phase, reason and exit code the way a user would:
@@ -69,8 +54,7 @@ func expectOutcome(t testing.TB, name, phase, reason, exit string) {
 }
 
 // managerLogTail is the end of the manager pods' logs, for failure messages.
-func managerLogTail(t testing.TB, lines int) string {
-	t.Helper()
+func managerLogTail(lines int) string {
 	out, err := kubectlRaw("", "-n", systemNamespace, "logs", "-l", managerSelector, "--tail", strconv.Itoa(lines), "--prefix")
 	if err != nil {
 		return fmt.Sprintf("(manager logs: %v)", err)
@@ -122,7 +106,7 @@ func TestCallOutcomes(t *testing.T) {
 		}
 		checkFullLog(t, fc, "hello from e2e\n")
 		// The finalizer goes once the container is gone.
-		waitFC(t, "ok", 30*time.Second, "without finalizer", func(fc *fnletv1.FunctionCall) bool { return len(fc.Finalizers) == 0 })
+		env.calls.WaitReleased(t, key("ok"), 30*time.Second)
 		if hasContainer(t, fc.Status.NodeName, ctrd.ContainerID(string(fc.UID))) {
 			t.Errorf("container of a finished call left on %s", fc.Status.NodeName)
 		}
@@ -275,7 +259,7 @@ func TestEventsInDescribe(t *testing.T) {
 	apply(t, fcYAML("described", []string{"-stderr-text", "x", "-exit", "3"}))
 	waitFinished(t, "described", 60*time.Second)
 	var out string
-	eventually(t, 20*time.Second, "event Warning Error in kubectl describe", func() error {
+	testenv.Eventually(t, 20*time.Second, 250*time.Millisecond, "event Warning Error in kubectl describe", func() error {
 		out = kubectl(t, "describe", "fc", "described")
 		_, events, ok := strings.Cut(out, "\nEvents:")
 		if !ok {
@@ -304,7 +288,7 @@ func TestManagerMetrics(t *testing.T) {
 		t.Fatalf("no manager pod on node %s", node)
 	}
 	var out string
-	eventually(t, 20*time.Second, "fnlet_calls_total{phase=Succeeded,reason=Completed} >= 1", func() error {
+	testenv.Eventually(t, 20*time.Second, 250*time.Millisecond, "fnlet_calls_total{phase=Succeeded,reason=Completed} >= 1", func() error {
 		o, err := kubectlRaw("", "get", "--raw", "/api/v1/namespaces/"+systemNamespace+"/pods/"+pod+":8080/proxy/metrics")
 		if err != nil {
 			return fmt.Errorf("scrape: %v: %s", err, o)
@@ -369,7 +353,7 @@ func TestManagerPodDeletedMidCall(t *testing.T) {
 	if after := pods(); after == before || strings.Contains(after, before) {
 		t.Errorf("manager pods %q after the deletion, before %q", after, before)
 	}
-	waitFC(t, "survivor", 30*time.Second, "without finalizer", func(fc *fnletv1.FunctionCall) bool { return len(fc.Finalizers) == 0 })
+	env.calls.WaitReleased(t, key("survivor"), 30*time.Second)
 	if hasContainer(t, fc.Status.NodeName, ctrd.ContainerID(string(fc.UID))) {
 		t.Errorf("container left after the call finished")
 	}

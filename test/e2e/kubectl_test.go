@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
 )
 
 // The suite acts like a user: every change goes through kubectl. Helpers
@@ -75,25 +74,6 @@ func fcYAML(name string, args []string, extra ...string) string {
 	return b.String()
 }
 
-// podYAML is a plain Pod running the same image and args as fcYAML.
-func podYAML(name, node string, args []string) string {
-	a, _ := json.Marshal(args)
-	return fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata:
-  name: %s
-spec:
-  restartPolicy: Never
-  nodeSelector:
-    kubernetes.io/hostname: %s
-  containers:
-  - name: fn
-    image: %s
-    imagePullPolicy: Never
-    args: %s
-`, name, node, testImage, a)
-}
-
 // onNode runs argv on a node: directly when FNLET_E2E_NODE_EXEC is unset
 // (the node is this machine), else after that prefix with {node} replaced.
 func onNode(t testing.TB, node string, argv ...string) (string, error) {
@@ -141,21 +121,4 @@ func hasContainer(t testing.TB, node, id string) bool {
 func nodeFile(t testing.TB, node, path string) (string, error) {
 	t.Helper()
 	return onNode(t, node, "cat", path)
-}
-
-// eventually retries f every interval until it returns nil or timeout
-// passes; then the test fails with f's last error.
-func eventually(t testing.TB, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %s: %v", what, timeout, err)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
 }

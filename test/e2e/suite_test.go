@@ -4,8 +4,7 @@
 //
 // The suite needs a cluster with fnlet deployed and the test image
 // localhost/fnlet/testfn:v1 in the node containerd's `fnlet` namespace (for
-// the calls) and `k8s.io` namespace (for the Pod the latency measurement
-// compares with). hack/e2e.sh (`make e2e`, the local single-node cluster) and
+// the calls). hack/e2e.sh (`make e2e`, the local single-node cluster) and
 // hack/kind-e2e.sh (`make kind-e2e`) prepare exactly that and run it.
 //
 // It is destructive to the fnlet deployment it is pointed at (it deletes the
@@ -22,11 +21,14 @@
 //	FNLET_E2E_CTR                  ctr binary on the node (default: ctr)
 //	FNLET_E2E_CONTAINERD_SOCK      containerd socket on the node (default:
 //	                               $FNLET_CLUSTER_CONTAINERD_SOCK, else /run/containerd/containerd.sock)
-//	FNLET_E2E_LATENCY_RUNS         calls (and Pods) of the latency measurement (default 20)
+//
+// Latency (apply to Succeeded next to a plain Pod) is the bench's: `make
+// bench` measures its fnlet and pod ways in one interleaved run.
 package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -34,7 +36,6 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
@@ -42,6 +43,7 @@ import (
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 	"github.com/fnlet/fnlet/internal/testenv"
+	"github.com/fnlet/fnlet/internal/testenv/calls"
 )
 
 const (
@@ -57,6 +59,7 @@ var env struct {
 	setupErr   string // the cluster is there but not usable: every test fails with this
 	kubeconfig string
 	k8s        client.WithWatch
+	calls      calls.Env
 	ns         string // the namespace every test's calls live in
 	// From the DaemonSet's manager container flags.
 	callsDir string // --log-dir: the call IO root on the node
@@ -73,6 +76,12 @@ func TestMain(m *testing.M) {
 
 func runSuite(m *testing.M) int {
 	env.kubeconfig = os.Getenv("KUBECONFIG")
+	flag.Parse()
+	if testing.Short() {
+		env.skip = "-short: needs a cluster with fnlet deployed"
+		fmt.Println("e2e suite skipped:", env.skip)
+		return m.Run()
+	}
 	if env.kubeconfig == "" {
 		env.skip = "KUBECONFIG is not set: run `make e2e` (local single-node cluster, hack/e2e.sh) or `make kind-e2e`, " +
 			"or point KUBECONFIG at a test cluster with fnlet deployed"
@@ -91,7 +100,7 @@ func runSuite(m *testing.M) int {
 	fmt.Printf("e2e suite: namespace %s, calls dir %s, containerd namespace %s, node containerd %s\n",
 		env.ns, env.callsDir, env.ctrdNS, env.ctrdSock)
 	code := m.Run()
-	// Finished calls and Pods go with their namespace; don't wait for it.
+	// Finished calls go with their namespace; don't wait for it.
 	if out, err := kubectlRaw("", "delete", "namespace", env.ns, "--wait=false"); err != nil {
 		fmt.Printf("cleanup: delete namespace %s: %v\n%s", env.ns, err, out)
 	}
@@ -103,31 +112,24 @@ func setup() error {
 	if err != nil {
 		return fmt.Errorf("kubeconfig %s: %w", env.kubeconfig, err)
 	}
-	cfg.QPS, cfg.Burst = 100, 200 // the tests poll
+	cfg.QPS, cfg.Burst = 100, 200 // bursts of reads and watches
 	scheme := runtime.NewScheme()
 	_ = clientgoscheme.AddToScheme(scheme)
 	_ = fnletv1.AddToScheme(scheme)
 	if env.k8s, err = client.NewWithWatch(cfg, client.Options{Scheme: scheme}); err != nil {
 		return fmt.Errorf("client: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	env.calls = calls.Env{Client: env.k8s, Diagnose: func() string { return managerLogTail(30) }}
 
-	// fnlet must already be deployed and rolled out: deploying is the job of
-	// the script that brought the cluster (hack/e2e.sh, hack/kind-e2e.sh).
+	// fnlet must already be deployed: deploying is the job of the script
+	// that brought the cluster (hack/e2e.sh, hack/kind-e2e.sh). Wait for its
+	// rollout the way a user would.
+	if out, err := kubectlRaw("", "-n", systemNamespace, "rollout", "status", "ds/"+daemonSetName, "--timeout=3m"); err != nil {
+		return fmt.Errorf("DaemonSet %s/%s not rolled out (deploy fnlet first: kubectl apply -k config/default): %v\n%s", systemNamespace, daemonSetName, err, out)
+	}
 	var ds appsv1.DaemonSet
-	for {
-		err = env.k8s.Get(ctx, client.ObjectKey{Namespace: systemNamespace, Name: daemonSetName}, &ds)
-		if err == nil && dsReady(&ds) {
-			break
-		}
-		if ctx.Err() != nil {
-			if err != nil {
-				return fmt.Errorf("DaemonSet %s/%s: %w (deploy fnlet first: kubectl apply -k config/default)", systemNamespace, daemonSetName, err)
-			}
-			return fmt.Errorf("DaemonSet %s/%s not ready after 3m: %+v", systemNamespace, daemonSetName, ds.Status)
-		}
-		time.Sleep(500 * time.Millisecond)
+	if err := env.k8s.Get(context.Background(), client.ObjectKey{Namespace: systemNamespace, Name: daemonSetName}, &ds); err != nil {
+		return fmt.Errorf("DaemonSet %s/%s: %w", systemNamespace, daemonSetName, err)
 	}
 	env.callsDir, env.ctrdNS = "/var/lib/fnlet/calls", "fnlet" // the manager's defaults
 	for _, c := range ds.Spec.Template.Spec.Containers {
@@ -149,24 +151,7 @@ func setup() error {
 	if out, err := kubectlRaw("", "create", "namespace", env.ns); err != nil {
 		return fmt.Errorf("kubectl create namespace: %v\n%s", err, out)
 	}
-	// Pods need the namespace's default ServiceAccount, which the
-	// controller-manager creates asynchronously.
-	for {
-		err := env.k8s.Get(ctx, client.ObjectKey{Namespace: env.ns, Name: "default"}, &corev1.ServiceAccount{})
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("no default ServiceAccount in %s: %w", env.ns, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-func dsReady(ds *appsv1.DaemonSet) bool {
-	s := ds.Status
-	return s.ObservedGeneration >= ds.Generation && s.DesiredNumberScheduled > 0 &&
-		s.UpdatedNumberScheduled == s.DesiredNumberScheduled && s.NumberAvailable == s.DesiredNumberScheduled
+	return nil
 }
 
 // requireCluster skips (or fails, under FNLET_REQUIRE_DAEMONS=1) without a

@@ -14,68 +14,35 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrlclient "sigs.k8s.io/controller-runtime/pkg/client"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 	"github.com/fnlet/fnlet/internal/ctrd"
+	"github.com/fnlet/fnlet/internal/testenv"
+	"github.com/fnlet/fnlet/internal/testenv/calls"
 	utiltesting "github.com/fnlet/fnlet/internal/testing"
 )
 
 func call(name, ns, node string) *utiltesting.FunctionCallWrapper {
-	return utiltesting.MakeFunctionCall(name, ns).Image(testImage).ImagePullPolicy(corev1.PullNever).NodeName(node)
+	return calls.Local(name, ns, node)
 }
 
 func create(t *testing.T, fc *fnletv1.FunctionCall) types.NamespacedName {
 	t.Helper()
-	if err := env.k8s.Create(context.Background(), fc); err != nil {
-		t.Fatalf("create %s: %v", fc.Name, err)
-	}
-	return types.NamespacedName{Namespace: fc.Namespace, Name: fc.Name}
-}
-
-func get(t *testing.T, key types.NamespacedName) *fnletv1.FunctionCall {
-	t.Helper()
-	var fc fnletv1.FunctionCall
-	if err := env.k8s.Get(context.Background(), key, &fc); err != nil {
-		t.Fatalf("get %s: %v", key, err)
-	}
-	return &fc
-}
-
-// waitFor polls the call until cond holds (the test's view, not the
-// manager's mechanism, so polling is fine here).
-func waitFor(t *testing.T, key types.NamespacedName, timeout time.Duration, what string, cond func(*fnletv1.FunctionCall) bool) *fnletv1.FunctionCall {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var fc fnletv1.FunctionCall
-	for {
-		err := env.k8s.Get(context.Background(), key, &fc)
-		if err == nil && cond(&fc) {
-			return &fc
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not %s after %s; last status %+v (err %v)", key, what, timeout, fc.Status, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return env.calls.Create(t, fc)
 }
 
 func waitFinished(t *testing.T, key types.NamespacedName, timeout time.Duration) *fnletv1.FunctionCall {
 	t.Helper()
-	return waitFor(t, key, timeout, "finished", func(fc *fnletv1.FunctionCall) bool { return fc.IsFinished() })
+	return env.calls.WaitFinished(t, key, timeout)
 }
 
+// expectOutcome checks phase, reason and (unless nil) the exit code.
 func expectOutcome(t *testing.T, fc *fnletv1.FunctionCall, phase fnletv1.CallPhase, reason fnletv1.CallReason, exit *int32) {
 	t.Helper()
-	if fc.Status.Phase != phase || fc.Status.Reason != reason {
-		t.Fatalf("%s: phase/reason = %s/%s (%s), want %s/%s", fc.Name, fc.Status.Phase, fc.Status.Reason, fc.Status.Message, phase, reason)
-	}
-	if exit != nil && (fc.Status.ExitCode == nil || *fc.Status.ExitCode != *exit) {
-		t.Fatalf("%s: exit code %v, want %d", fc.Name, fc.Status.ExitCode, *exit)
-	}
+	calls.Outcome{Phase: phase, Reason: reason, Exit: exit}.Expect(t, fc)
 }
 
 func i32(v int32) *int32 { return &v }
@@ -121,7 +88,7 @@ func TestCallOutcomes(t *testing.T) {
 		// The finalizer goes once the container is gone, in the same patch
 		// that labels the call finished (which takes it out of the
 		// manager's cache).
-		fc = waitFor(t, key, 10*time.Second, "without finalizer", func(fc *fnletv1.FunctionCall) bool { return len(fc.Finalizers) == 0 })
+		fc = env.calls.WaitReleased(t, key, 10*time.Second)
 		if n := containers(t, fc.UID); n != 0 {
 			t.Errorf("%d containers left for a finished call", n)
 		}
@@ -162,7 +129,7 @@ func TestCallOutcomes(t *testing.T) {
 
 	t.Run("cancel is Cancelled", func(t *testing.T) {
 		key := create(t, call("cancel-me", ns, node).Args("-trap-term", "-sleep", "60s").Obj())
-		fc := waitFor(t, key, 30*time.Second, "running", func(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning })
+		fc := env.calls.WaitFor(t, key, 30*time.Second, "running", func(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning })
 		patch := ctrlclient.MergeFrom(fc.DeepCopy())
 		fc.Spec.Cancel = true
 		if err := env.k8s.Patch(context.Background(), fc, patch); err != nil {
@@ -219,24 +186,14 @@ func TestCallOutcomes(t *testing.T) {
 
 	t.Run("deletion mid-run removes the container and the finalizer", func(t *testing.T) {
 		key := create(t, call("delete-me", ns, node).Args("-sleep", "60s").Obj())
-		fc := waitFor(t, key, 30*time.Second, "running", func(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning })
+		fc := env.calls.WaitFor(t, key, 30*time.Second, "running", func(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning })
 		if n := containers(t, fc.UID); n != 1 {
 			t.Fatalf("%d containers for a running call, want 1", n)
 		}
 		if err := env.k8s.Delete(context.Background(), fc); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			err := env.k8s.Get(context.Background(), key, &fnletv1.FunctionCall{})
-			if apierrors.IsNotFound(err) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("call still present 20s after delete: %v", err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		env.calls.WaitGone(t, key, 20*time.Second)
 		if n := containers(t, fc.UID); n != 0 {
 			t.Fatalf("%d containers left after delete", n)
 		}
@@ -269,7 +226,7 @@ func TestInvalidSpecsRejectedByKubectl(t *testing.T) {
 		node := "node-immutable"
 		startManager(t, node, t.TempDir())
 		key := create(t, call("frozen", ns, node).Args("-sleep", "30s").Obj())
-		waitFor(t, key, 30*time.Second, "claimed", func(fc *fnletv1.FunctionCall) bool { return fc.Status.NodeName == node })
+		env.calls.WaitFor(t, key, 30*time.Second, "claimed", func(fc *fnletv1.FunctionCall) bool { return fc.Status.NodeName == node })
 		out, err := kubectlApply(t, ns, "frozen", fmt.Sprintf("image: %s\n  imagePullPolicy: Never\n  nodeName: %s\n  args: [\"-sleep\", \"1s\"]", testImage, node))
 		if err == nil || !strings.Contains(out, "immutable") {
 			t.Fatalf("change after claim not rejected (err %v):\n%s", err, out)
@@ -333,16 +290,24 @@ func TestManagerKilledMidCall(t *testing.T) {
 	m1 := startManager(t, node, logs)
 	ns := newNamespace(t)
 	key := create(t, call("survivor", ns, node).Args("-stdout-text", "before", "-sleep", "3s", "-stderr-text", "after", "-exit", "4").Obj())
-	waitFor(t, key, 30*time.Second, "running", func(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning })
+	fc := env.calls.WaitFor(t, key, 30*time.Second, "running", func(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning })
 	m1.Kill9()
-	time.Sleep(4 * time.Second) // the call exits while no manager runs
+	// The call exits while no manager runs: fnlet-init records its exit
+	// code in the call's directory.
+	exitFile := filepath.Join(logs, ctrd.ContainerID(string(fc.UID)), "exit-code")
+	testenv.Eventually(t, 30*time.Second, 50*time.Millisecond, "exit code recorded in "+exitFile, func() error {
+		if b, err := os.ReadFile(exitFile); err != nil || len(b) == 0 {
+			return fmt.Errorf("empty (%v)", err)
+		}
+		return nil
+	})
 	startManager(t, node, logs)
-	fc := waitFinished(t, key, 30*time.Second)
+	fc = waitFinished(t, key, 30*time.Second)
 	expectOutcome(t, fc, fnletv1.PhaseFailed, fnletv1.ReasonError, i32(4))
 	if fc.Status.Stdout != "before\n" || fc.Status.Stderr != "after\n" {
 		t.Fatalf("output after restart: stdout %q stderr %q", fc.Status.Stdout, fc.Status.Stderr)
 	}
-	waitFor(t, key, 10*time.Second, "cleaned", func(fc *fnletv1.FunctionCall) bool { return len(fc.Finalizers) == 0 })
+	env.calls.WaitReleased(t, key, 10*time.Second)
 	if n := containers(t, fc.UID); n != 0 {
 		t.Fatalf("%d containers left", n)
 	}

@@ -16,6 +16,7 @@ import (
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 	"github.com/fnlet/fnlet/internal/ctrd"
+	"github.com/fnlet/fnlet/internal/testenv"
 	"github.com/fnlet/fnlet/internal/testenv/managerproc"
 )
 
@@ -44,7 +45,7 @@ func TestNodeLost(t *testing.T) {
 
 	// A nodeSelector no node matches: one Unschedulable condition and Event.
 	lonely := create(t, call("lonely", ns, "").NodeSelector("gpu", "true").Obj())
-	fc := waitFor(t, lonely, 15*time.Second, "unschedulable", func(fc *fnletv1.FunctionCall) bool {
+	fc := env.calls.WaitFor(t, lonely, 15*time.Second, "unschedulable", func(fc *fnletv1.FunctionCall) bool {
 		c := meta.FindStatusCondition(fc.Status.Conditions, fnletv1.ConditionClaimed)
 		return c != nil && c.Reason == fnletv1.ReasonUnschedulable
 	})
@@ -58,10 +59,10 @@ func TestNodeLost(t *testing.T) {
 	// The retried call runs first, wherever placement puts it; the call
 	// without retries is pinned to the same node.
 	retried := create(t, call("retried", ns, "").Retries(1).Args("-sleep", "4s", "-stdout-text", "done").Obj())
-	fc = waitFor(t, retried, 30*time.Second, "running", func(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning })
+	fc = env.calls.WaitFor(t, retried, 30*time.Second, "running", func(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning })
 	lostNode := fc.Status.NodeName
 	once := create(t, call("once", ns, lostNode).Args("-sleep", "60s").Obj())
-	waitFor(t, once, 30*time.Second, "running", func(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning })
+	env.calls.WaitFor(t, once, 30*time.Second, "running", func(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning })
 	onceUID, retriedUID := get(t, once).UID, fc.UID
 
 	killed := time.Now()
@@ -85,7 +86,7 @@ func TestNodeLost(t *testing.T) {
 	}
 	// Both calls are released: the lost node's finalizer is gone.
 	for _, key := range []types.NamespacedName{once, retried} {
-		waitFor(t, key, 15*time.Second, "released", func(fc *fnletv1.FunctionCall) bool { return len(fc.Finalizers) == 0 })
+		env.calls.WaitFor(t, key, 15*time.Second, "released", func(fc *fnletv1.FunctionCall) bool { return len(fc.Finalizers) == 0 })
 	}
 	before := map[types.NamespacedName]string{once: get(t, once).ResourceVersion, retried: get(t, retried).ResourceVersion}
 
@@ -96,18 +97,27 @@ func TestNodeLost(t *testing.T) {
 		t.Fatalf("no stale containers on %s before it came back: the test proves nothing", lostNode)
 	}
 	managers[lostNode].Restart()
-	deadline := time.Now().Add(30 * time.Second)
-	for containersIn(t, lostNS, onceUID)+containersIn(t, lostNS, retriedUID) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the returning node %s kept its stale containers", lostNode)
+	// No watch reports a container's removal in containerd: poll.
+	testenv.Eventually(t, 30*time.Second, 100*time.Millisecond, "the returning node "+lostNode+" removes its stale containers", func() error {
+		if n := containersIn(t, lostNS, onceUID) + containersIn(t, lostNS, retriedUID); n > 0 {
+			return fmt.Errorf("%d left", n)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	for key, rv := range before {
 		if got := get(t, key).ResourceVersion; got != rv {
 			t.Errorf("%s was written after its node came back (resourceVersion %s -> %s): %+v", key.Name, rv, got, get(t, key).Status)
 		}
 	}
+}
+
+func get(t *testing.T, key types.NamespacedName) *fnletv1.FunctionCall {
+	t.Helper()
+	var fc fnletv1.FunctionCall
+	if err := env.k8s.Get(context.Background(), key, &fc); err != nil {
+		t.Fatalf("get %s: %v", key, err)
+	}
+	return &fc
 }
 
 // containersIn counts the containers of call uid in containerd namespace ns.

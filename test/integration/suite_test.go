@@ -5,19 +5,16 @@
 package integration
 
 import (
-	"context"
+	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
-	"runtime"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/fnlet/fnlet/internal/testenv"
+	"github.com/fnlet/fnlet/internal/testenv/calls"
 	"github.com/fnlet/fnlet/internal/testenv/kubeapi"
 	"github.com/fnlet/fnlet/internal/testenv/managerproc"
 )
@@ -32,14 +29,10 @@ var env struct {
 	containerd  string
 	ctrdNS      string
 	workDir     string
+	calls       calls.Env
 }
 
 const testImage = "localhost/fnlet/testfn:v1"
-
-func repoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
 
 func TestMain(m *testing.M) {
 	os.Exit(runSuite(m))
@@ -48,7 +41,10 @@ func TestMain(m *testing.M) {
 func runSuite(m *testing.M) int {
 	env.containerd = os.Getenv("FNLET_CONTAINERD_ADDRESS")
 	env.ctrdNS = envOr("FNLET_IT_NAMESPACE", "fnlet-it")
+	flag.Parse()
 	switch {
+	case testing.Short():
+		env.skip = "-short: needs kube-apiserver, containerd and the manager binary"
 	case os.Getenv("KUBEBUILDER_ASSETS") == "":
 		env.skip = "KUBEBUILDER_ASSETS is not set (kube-apiserver + etcd: `hack/build-k8s.sh --print-assets`; `make test` sets it)"
 	case env.containerd == "":
@@ -58,26 +54,16 @@ func runSuite(m *testing.M) int {
 		fmt.Println("integration suite skipped:", env.skip)
 		return m.Run()
 	}
-	work, err := os.MkdirTemp("", "fnlet-it-")
-	if err != nil {
-		panic(err)
-	}
-	defer os.RemoveAll(work)
-	env.workDir = work
-
-	if env.managerBin, err = testenv.BuildManager(work); err != nil {
-		fmt.Println(err)
-		return 1
-	}
-
-	api, err := kubeapi.Start(repoRoot(), work)
+	api, err := kubeapi.StartSuite("fnlet-it")
 	if err != nil {
 		fmt.Println(err)
 		return 1
 	}
+	env.workDir, env.managerBin = api.Dir, api.ManagerBin
 	defer api.Stop()
 	// The manager runs as a plain user bound to the generated ClusterRole.
 	env.k8s, env.kubeconfig = api.Client, api.ManagerKubeconfig
+	env.calls = calls.Env{Client: api.Client}
 	if env.adminConfig, err = api.Kubeconfig(envtest.User{Name: "admin", Groups: []string{"system:masters"}}); err != nil {
 		fmt.Println(err)
 		return 1
@@ -119,9 +105,5 @@ func startManager(t *testing.T, node, logDir string, extra ...string) *managerpr
 
 func newNamespace(t *testing.T) string {
 	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "it-"}}
-	if err := env.k8s.Create(context.Background(), ns); err != nil {
-		t.Fatal(err)
-	}
-	return ns.Name
+	return env.calls.Namespace(t, "it")
 }

@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/internal/testenv"
 )
 
 // ManagerUser is the identity the manager runs as.
@@ -122,6 +123,44 @@ func (s *Server) Kubeconfig(user envtest.User) (string, error) {
 
 // Stop stops the control plane.
 func (s *Server) Stop() error { return s.Env.Stop() }
+
+// Suite is the setup the integration and chaos suites' TestMain share: a
+// work directory, the manager binary (with fnlet-init beside it) built
+// into it, and a control plane.
+type Suite struct {
+	*Server
+	Dir        string
+	ManagerBin string
+}
+
+// StartSuite makes the work directory (named prefix-*), builds the manager
+// and starts the control plane with opts. Stop undoes it.
+func StartSuite(prefix string, opts ...Option) (*Suite, error) {
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", prefix+"-")
+	if err != nil {
+		return nil, err
+	}
+	s := &Suite{Dir: dir}
+	if s.ManagerBin, err = testenv.BuildManager(dir); err == nil {
+		s.Server, err = Start(root, dir, opts...)
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return s, nil
+}
+
+// Stop stops the control plane and removes the work directory.
+func (s *Suite) Stop() error {
+	err := s.Server.Stop()
+	os.RemoveAll(s.Dir)
+	return err
+}
 
 // ManagerNamespace is the manager's own namespace: its node Leases live there.
 const ManagerNamespace = "fnlet-system"
