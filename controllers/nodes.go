@@ -327,6 +327,12 @@ func (l *NodeLease) write(ctx context.Context, d time.Duration) error {
 	}
 	now := metav1.NewMicroTime(l.Clock.Now())
 	secs := int32(d.Round(time.Second) / time.Second)
+	renewed := now
+	if d == 0 {
+		// Release: the apiserver wants a positive duration, so the Lease is
+		// written as renewed one second ago for one second: expired now.
+		secs, renewed = 1, metav1.NewMicroTime(now.Add(-time.Second))
+	}
 	lease.Name, lease.Namespace = name, l.Namespace
 	if lease.Labels == nil {
 		lease.Labels = map[string]string{}
@@ -344,7 +350,7 @@ func (l *NodeLease) write(ctx context.Context, d time.Duration) error {
 	holder := l.Node.Name
 	lease.Spec.HolderIdentity = &holder
 	lease.Spec.LeaseDurationSeconds = &secs
-	lease.Spec.RenewTime = &now
+	lease.Spec.RenewTime = &renewed
 	if create {
 		err = l.Client.Create(ctx, &lease)
 	} else {
