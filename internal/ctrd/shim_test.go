@@ -101,12 +101,7 @@ func startStuckShim(t *testing.T, addr, ns, id string) <-chan error {
 	go func() { done <- cmd.Wait() }()
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	pid := cmd.Process.Pid
-	for deadline := time.Now().Add(10 * time.Second); !waitsForFIFOPartner(pid); {
-		if time.Now().After(deadline) {
-			t.Fatalf("shim %s (pid %d) did not block on its log FIFO", shim, pid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll(t, 10*time.Second, fmt.Sprintf("shim %s (pid %d) blocks on its log FIFO", shim, pid), func() bool { return waitsForFIFOPartner(pid) })
 	return done
 }
 
