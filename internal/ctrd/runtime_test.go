@@ -145,6 +145,37 @@ func TestOutputOverCapEndsCall(t *testing.T) {
 	}
 }
 
+// TestOutputCapWithoutWatch: a caller that only reads State, with no Watch
+// running, gets the cap too.
+func TestOutputCapWithoutWatch(t *testing.T) {
+	rt, err := New(daemonAddress(t), WithNamespace(testNS), WithIORoot(t.TempDir()), WithInit(initBinary(t)), WithOutputLimit(1<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	ctx := ctxTimeout(t, 60*time.Second)
+	call := testCall(t, "-no-newline-bytes", "200M", "-sleep", "60s")
+	if _, err := rt.EnsureImage(ctx, call.Image, PullNever, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Run(ctx, call); err != nil {
+		t.Fatal(err)
+	}
+	var s State
+	poll(t, 30*time.Second, "the call ends", func() bool {
+		if s, err = rt.State(ctx, call.UID); err != nil {
+			t.Fatal(err)
+		}
+		return s.Phase == PhaseExited
+	})
+	if !s.Result.OutputLimitExceeded || s.Result.Signal != "SIGKILL" {
+		t.Fatalf("result %+v, want killed for its output", s.Result)
+	}
+	if err := rt.Delete(ctx, call.UID); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestOOMKilled(t *testing.T) {
 	rt := newTestRuntime(t, "")
 	call := testCall(t, "-alloc-mib", "64")
