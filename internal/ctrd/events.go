@@ -21,6 +21,16 @@ import (
 // polls the output caps (see limit.go). Watch returns nil when ctx ends.
 func (r *Runtime) Watch(ctx context.Context, fn func(Event)) error {
 	ctx = r.ctx(ctx)
+	r.mu.Lock()
+	r.watching++
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		if r.watching--; r.watching == 0 {
+			r.limitKills = nil
+		}
+		r.mu.Unlock()
+	}()
 	tick := time.NewTicker(r.pollInterval)
 	defer tick.Stop()
 	var q serialQueue
