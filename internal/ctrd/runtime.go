@@ -54,7 +54,7 @@ type Runtime struct {
 	registryTLS  *tls.Config
 	hostsDir     string
 	pollInterval time.Duration
-	// createTimeout bounds one NewTask (see shim.go).
+	// createTimeout bounds one NewTask (see newTask).
 	createTimeout time.Duration
 	policy        Policy
 	// initSource is the fnlet-init to install; initBinary is the installed
