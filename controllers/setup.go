@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/containerd/errdefs"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -88,7 +87,9 @@ func (e *RuntimeEvents) Start(ctx context.Context) error {
 
 // OrphanCollector removes containers whose FunctionCall is gone, finished
 // or no longer bound to this node (konlet's stale-container cleanup), once
-// at start and then periodically, and prunes old logs.
+// at start and then periodically, and prunes old logs. Its first pass is
+// the runtime's Recover, run once per manager start (until it succeeds);
+// later passes only List.
 type OrphanCollector struct {
 	Runtime      *ctrd.Runtime
 	APIReader    client.Reader
@@ -102,11 +103,16 @@ func (o *OrphanCollector) Start(ctx context.Context) error {
 	log := logf.FromContext(ctx).WithName("gc")
 	t := time.NewTicker(o.Interval)
 	defer t.Stop()
+	list := o.Runtime.Recover
 	for {
-		if n, err := o.collect(ctx); err != nil {
+		n, err := o.collect(ctx, list)
+		if err != nil {
 			log.Error(err, "orphan collection")
-		} else if n > 0 {
-			log.Info("removed orphan containers", "count", n)
+		} else {
+			list = o.Runtime.List // recovered
+			if n > 0 {
+				log.Info("removed orphan containers", "count", n)
+			}
 		}
 		if _, err := o.Runtime.PruneLogs(ctx, time.Now().Add(-o.LogRetention), o.LogKeep); err != nil {
 			log.Error(err, "prune logs")
@@ -119,8 +125,8 @@ func (o *OrphanCollector) Start(ctx context.Context) error {
 	}
 }
 
-func (o *OrphanCollector) collect(ctx context.Context) (int, error) {
-	states, err := o.Runtime.Recover(ctx)
+func (o *OrphanCollector) collect(ctx context.Context, list func(context.Context) ([]ctrd.State, error)) (int, error) {
+	states, err := list(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -151,5 +157,5 @@ var _ manager.Runnable = (*OrphanCollector)(nil)
 var _ manager.Runnable = (*RuntimeEvents)(nil)
 
 func isInvalidArgument(err error) bool {
-	return errdefs.IsInvalidArgument(err) || errors.Is(err, errInvalidSpec)
+	return ctrd.IsInvalidArgument(err) || errors.Is(err, errInvalidSpec)
 }

@@ -87,8 +87,9 @@ type Result struct {
 	InputIncomplete bool
 	// ExitStatusLost is true when the task of a started call is gone
 	// although nobody deleted it: containerd, restarted after the process
-	// ended, reaped its shim as a leak and the exit status with it. ExitCode
-	// means nothing then; the output tails are still read from disk.
+	// ended, reaped its shim as a leak and the exit status with it, and
+	// fnlet-init recorded none (docs/runtime.md, "Lost exit status").
+	// ExitCode means nothing then; the output tails are still read from disk.
 	ExitStatusLost bool
 	StartedAt      time.Time
 	FinishedAt     time.Time

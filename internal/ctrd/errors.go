@@ -1,6 +1,7 @@
 package ctrd
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -41,3 +42,15 @@ func IsUnavailable(err error) bool { return errdefs.IsUnavailable(native(err)) }
 
 // IsNotFound reports a missing container, task or image.
 func IsNotFound(err error) bool { return errdefs.IsNotFound(err) }
+
+// IsInvalidArgument reports a call the runtime refuses to run as given (a
+// policy gate, a bad command or user, an invalid image reference): retrying
+// it cannot help.
+func IsInvalidArgument(err error) bool { return errdefs.IsInvalidArgument(err) }
+
+// ErrStaleBundle: containerd kept the task directory of an earlier,
+// interrupted create of the container and its own cleanup failed for good
+// (docs/runtime.md, "Stale bundles"); no task of that container ID can be
+// made until containerd restarts and cleans its state. The call fails with
+// this reason instead of waiting.
+var ErrStaleBundle = errors.New("containerd still holds the task directory of an earlier, interrupted create of this container; it removes it when it restarts")

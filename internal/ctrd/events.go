@@ -4,7 +4,6 @@ import (
 	"context"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
@@ -19,9 +18,19 @@ import (
 //
 // containerd replays nothing, so after every (re)subscribe Watch re-lists
 // the runtime's containers and sends EventExit for each exited one. It also
-// enforces output caps. Watch returns nil when ctx ends.
+// polls the output caps (see limit.go). Watch returns nil when ctx ends.
 func (r *Runtime) Watch(ctx context.Context, fn func(Event)) error {
 	ctx = r.ctx(ctx)
+	r.mu.Lock()
+	r.watching++
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		if r.watching--; r.watching == 0 {
+			r.limitKills = nil
+		}
+		r.mu.Unlock()
+	}()
 	tick := time.NewTicker(r.pollInterval)
 	defer tick.Stop()
 	var q serialQueue
@@ -123,12 +132,14 @@ func (r *Runtime) dispatch(ctx context.Context, q *serialQueue, env *events.Enve
 }
 
 // resync lists the runtime's containers and reports every exited task: the
-// exits that happened while no stream was connected.
+// exits that happened while no stream was connected. It also repairs the
+// inputs a containerd restart may have cut (see repairInputs).
 func (r *Runtime) resync(ctx context.Context, fn func(Event)) error {
-	states, err := r.Recover(ctx)
+	states, err := r.List(ctx)
 	if err != nil {
 		return err
 	}
+	r.repairInputs(ctx, states)
 	for _, s := range states {
 		if s.Phase == PhaseExited {
 			fn(Event{Kind: EventExit, Call: s.Call})
@@ -154,35 +165,6 @@ func (r *Runtime) waitServing(ctx context.Context) {
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 2*time.Second)
-	}
-}
-
-// enforceOutputLimits kills running calls whose output passed their cap.
-// The shim writes the files, so the cap can only be checked from outside.
-func (r *Runtime) enforceOutputLimits(ctx context.Context, fn func(Event)) {
-	r.mu.Lock()
-	handles := make([]*callHandle, 0, len(r.calls))
-	for _, h := range r.calls {
-		handles = append(handles, h)
-	}
-	r.mu.Unlock()
-	for _, h := range handles {
-		select {
-		case <-h.exited:
-			continue
-		default:
-		}
-		if h.limit <= 0 || r.outputSize(h.id) <= h.limit || r.markerExists(h.id, limitMarker) {
-			continue
-		}
-		// Recorded on disk first so the reason survives a manager restart.
-		if err := r.writeMarker(h.id, limitMarker, ""); err != nil {
-			continue
-		}
-		if err := r.Signal(ctx, h.ref.UID, syscall.SIGKILL); err != nil {
-			log.G(ctx).WithError(err).WithField("id", h.id).Warn("fnlet: kill over output limit")
-		}
-		fn(Event{Kind: EventOutputLimit, Call: h.ref})
 	}
 }
 

@@ -6,10 +6,13 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
@@ -155,4 +158,36 @@ func rawClient(t testing.TB) (*client.Client, context.Context) {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c, namespaces.WithNamespace(context.Background(), testNS)
+}
+
+// poll calls cond every 20ms until it holds, failing the test after d.
+func poll(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, d)
+		}
+	}
+}
+
+// waitOutput waits until the call's stdout holds want: testfn prints a
+// line (e.g. -stdout-text ready) only after its signal handling is set up.
+func waitOutput(t testing.TB, rt *testRuntime, uid, want string) {
+	t.Helper()
+	stdout, _ := rt.LogPaths(uid)
+	poll(t, 30*time.Second, "stdout "+want, func() bool {
+		b, _ := os.ReadFile(stdout)
+		return strings.Contains(string(b), want)
+	})
+}
+
+// waitStopped waits until containerd reports the call's task stopped,
+// asking the daemon directly: no runtime of ours may be running.
+func waitStopped(t testing.TB, uid string) {
+	t.Helper()
+	c, ctx := rawClient(t)
+	poll(t, 30*time.Second, "task of "+uid+" stopped", func() bool {
+		task, err := c.TaskService().Get(ctx, &tasksapi.GetRequest{ContainerID: ContainerID(uid)})
+		return err == nil && task.Process.Status == tasktypes.Status_STOPPED
+	})
 }

@@ -6,15 +6,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"syscall"
-	"time"
 
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
 )
 
 // Where fnlet-init and its exit file appear in a call's container. /dev is
@@ -90,52 +85,5 @@ func withInit(binary, exitFile string) oci.SpecOpts {
 			p.Limit = &n
 		}
 		return nil
-	}
-}
-
-// prepareExitFile makes the call's exit file empty and writable by any
-// user the call may run as: the bind mount keeps the file's own mode.
-func prepareExitFile(path string) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o666)
-	if err != nil {
-		return fmt.Errorf("create exit file: %w", err)
-	}
-	f.Close()
-	if err := os.Chmod(path, 0o666); err != nil {
-		return fmt.Errorf("create exit file: %w", err)
-	}
-	return nil
-}
-
-// readExitFile returns the exit code fnlet-init recorded and when, ok false
-// when it recorded none (no init, or the call was SIGKILLed).
-func readExitFile(path string) (code int32, at time.Time, ok bool) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, time.Time{}, false
-	}
-	defer f.Close()
-	buf := make([]byte, 16) // fnlet-init writes "<code>\n"; the call could write more
-	n, _ := f.Read(buf)
-	line, _, found := strings.Cut(string(buf[:n]), "\n")
-	if !found {
-		return 0, time.Time{}, false
-	}
-	v, err := strconv.ParseInt(line, 10, 32)
-	if err != nil || v < 0 || v > 255 {
-		return 0, time.Time{}, false
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, time.Time{}, false
-	}
-	return int32(v), fi.ModTime(), true
-}
-
-// setExit fills a Result's exit code and, for 128+n, the signal's name.
-func setExit(res *Result, code int32) {
-	res.ExitCode = code
-	if code > 128 && code < 128+65 {
-		res.Signal = unix.SignalName(syscall.Signal(code - 128))
 	}
 }

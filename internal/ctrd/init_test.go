@@ -113,7 +113,7 @@ func TestExitCodeSurvivesLostTask(t *testing.T) {
 			call := testCall(t, "-stdout-text", "out", "-sleep", "200ms", "-exit", "9")
 			mustRun(t, rt1, call)
 			rt1.stop()
-			time.Sleep(2 * time.Second) // it exits with no manager
+			waitStopped(t, call.UID) // it exits with no manager
 
 			c, cctx := rawClient(t)
 			if _, err := c.TaskService().Delete(cctx, &tasksapi.DeleteTaskRequest{ContainerID: ContainerID(call.UID)}); err != nil {

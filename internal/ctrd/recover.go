@@ -7,11 +7,12 @@ import (
 
 var managedFilter = `labels."` + LabelManagedBy + `"==` + managedByValue
 
-// Recover lists every call container this runtime's namespace holds,
-// retains handles to them (re-attaching to running tasks; the shim owns
-// their IO) and returns their states, exited ones with their Result. The
-// caller decides which are orphans and Deletes them.
-func (r *Runtime) Recover(ctx context.Context) ([]State, error) {
+// List reports every call container in the runtime's namespace with its
+// state, exited ones with their Result. It retains a handle to each
+// (loading the ones this process has not seen yet, which re-attaches to
+// running tasks: the shim owns their IO) and changes nothing else, so it can
+// run periodically. The caller decides which are orphans and Deletes them.
+func (r *Runtime) List(ctx context.Context) ([]State, error) {
 	ctx = r.ctx(ctx)
 	cs, err := r.client.Containers(ctx, managedFilter)
 	if err != nil {
@@ -35,15 +36,43 @@ func (r *Runtime) Recover(ctx context.Context) ([]State, error) {
 			}
 			return nil, err
 		}
-		if r.stdinMode == StdinFIFO && s.Phase == PhaseRunning && r.inputIncomplete(h) {
-			// The program may have seen only part of its input and would exit
-			// "successfully" on a truncated stream: kill it instead.
-			_ = r.writeMarker(h.id, inputMarker, "")
-			_ = r.Signal(ctx, h.ref.UID, syscall.SIGKILL)
-		}
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+// Recover is List for a runtime that has just started, run once before it
+// serves: besides retaining every call it repairs what the previous process
+// left unfinished (repairInputs). It returns List's states.
+func (r *Runtime) Recover(ctx context.Context) ([]State, error) {
+	states, err := r.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r.repairInputs(ctx, states)
+	return states, nil
+}
+
+// repairInputs kills, in FIFO stdin mode, every running call whose input
+// was never confirmed complete while no writer of this process feeds it:
+// the program may have seen only part of its input and would exit
+// "successfully" on a truncated stream. The input-lost marker, written
+// first, gives the reason. Watch runs it too after each (re)subscribe: a
+// containerd restart can cut a feed's CloseIO as a manager restart cuts
+// the feed. It does nothing in file mode, where the input is complete
+// before the task exists.
+func (r *Runtime) repairInputs(ctx context.Context, states []State) {
+	if r.stdinMode != StdinFIFO {
+		return
+	}
+	for _, s := range states {
+		h := r.handle(s.ContainerID)
+		if s.Phase != PhaseRunning || h == nil || h.isFeeding() || !r.dir(h.id).inputUnconfirmed() {
+			continue
+		}
+		_ = r.dir(h.id).mark(inputMarker)
+		_ = r.Signal(ctx, h.ref.UID, syscall.SIGKILL)
+	}
 }
 
 // containerIDs is the set of call containers that exist now.

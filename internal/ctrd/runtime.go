@@ -54,7 +54,7 @@ type Runtime struct {
 	registryTLS  *tls.Config
 	hostsDir     string
 	pollInterval time.Duration
-	// createTimeout bounds one NewTask (see shim.go).
+	// createTimeout bounds one NewTask (see newTask).
 	createTimeout time.Duration
 	policy        Policy
 	// initSource is the fnlet-init to install; initBinary is the installed
@@ -70,10 +70,15 @@ type Runtime struct {
 	pulls  pullGroup
 	images imageCache
 
-	mu         sync.Mutex
-	calls      map[string]*callHandle // by container ID
-	oom        map[string]bool        // by container ID: TaskOOM seen
-	leased     map[string]bool        // by container ID: lease made, removal not confirmed
+	mu     sync.Mutex
+	calls  map[string]*callHandle // by container ID
+	oom    map[string]bool        // by container ID: TaskOOM seen
+	leased map[string]bool        // by container ID: lease made, removal not confirmed
+	// limitKills are the calls killed for their output whose
+	// EventOutputLimit Watch has not sent yet (see limit.go); kept only
+	// while a Watch runs (watching > 0), which drains it.
+	limitKills []CallRef
+	watching   int
 	reconnects atomic.Int64
 	// createTimeouts counts NewTasks that hit createTimeout.
 	createTimeouts atomic.Int64

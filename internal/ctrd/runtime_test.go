@@ -145,6 +145,37 @@ func TestOutputOverCapEndsCall(t *testing.T) {
 	}
 }
 
+// TestOutputCapWithoutWatch: a caller that only reads State, with no Watch
+// running, gets the cap too.
+func TestOutputCapWithoutWatch(t *testing.T) {
+	rt, err := New(daemonAddress(t), WithNamespace(testNS), WithIORoot(t.TempDir()), WithInit(initBinary(t)), WithOutputLimit(1<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	ctx := ctxTimeout(t, 60*time.Second)
+	call := testCall(t, "-no-newline-bytes", "200M", "-sleep", "60s")
+	if _, err := rt.EnsureImage(ctx, call.Image, PullNever, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Run(ctx, call); err != nil {
+		t.Fatal(err)
+	}
+	var s State
+	poll(t, 30*time.Second, "the call ends", func() bool {
+		if s, err = rt.State(ctx, call.UID); err != nil {
+			t.Fatal(err)
+		}
+		return s.Phase == PhaseExited
+	})
+	if !s.Result.OutputLimitExceeded || s.Result.Signal != "SIGKILL" {
+		t.Fatalf("result %+v, want killed for its output", s.Result)
+	}
+	if err := rt.Delete(ctx, call.UID); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestOOMKilled(t *testing.T) {
 	rt := newTestRuntime(t, "")
 	call := testCall(t, "-alloc-mib", "64")
@@ -187,8 +218,8 @@ func TestStopWithGrace(t *testing.T) {
 		wantExit int32
 		minTime  time.Duration
 	}{
-		{"exits on TERM", []string{"-sleep", "60s"}, 143, 0},
-		{"ignores TERM, killed after grace", []string{"-trap-term", "-sleep", "60s"}, 137, 900 * time.Millisecond},
+		{"exits on TERM", []string{"-stdout-text", "ready", "-sleep", "60s"}, 143, 0},
+		{"ignores TERM, killed after grace", []string{"-trap-term", "-stdout-text", "ready", "-sleep", "60s"}, 137, 900 * time.Millisecond},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -196,7 +227,7 @@ func TestStopWithGrace(t *testing.T) {
 			ctx := ctxTimeout(t, 60*time.Second)
 			call := testCall(t, tc.args...)
 			mustRun(t, rt, call)
-			time.Sleep(200 * time.Millisecond) // let the program install its handler
+			waitOutput(t, rt, call.UID, "ready") // its signal handling is set up
 			start := time.Now()
 			if err := rt.Stop(ctx, call.UID, time.Second); err != nil {
 				t.Fatal(err)
@@ -326,7 +357,7 @@ func TestOutputSurvivesManagerDeath(t *testing.T) {
 	call := testCall(t, "-sleep", "300ms", "-stdout-bytes", fmt.Sprint(n), "-binary", "-exit", "5")
 	mustRun(t, rt1, call)
 	rt1.stop()
-	time.Sleep(3 * time.Second) // the call writes and exits with no manager
+	waitStopped(t, call.UID) // the call writes and exits with no manager
 
 	rt2 := newTestRuntime(t, ioRoot)
 	states, err := rt2.Recover(ctx)

@@ -30,11 +30,11 @@ type Policy struct {
 	ExitFile   string
 }
 
-// SpecOpts turns a call and its image config into OCI spec options, one
+// specOpts turns a call and its image config into OCI spec options, one
 // small option per concern. It reads nothing from the image's rootfs, so
 // the manager needs no access to containerd's snapshot mounts — which is
 // why named image users are refused (see withUser).
-func SpecOpts(call Call, img ocispec.ImageConfig, p Policy) ([]oci.SpecOpts, error) {
+func specOpts(call Call, img ocispec.ImageConfig, p Policy) ([]oci.SpecOpts, error) {
 	if call.HostNetwork && !p.AllowHostNetwork {
 		return nil, errdefs.ErrInvalidArgument.WithMessage("host network is not allowed on this node (manager flag --allow-host-network)")
 	}
@@ -84,7 +84,7 @@ func SpecOpts(call Call, img ocispec.ImageConfig, p Policy) ([]oci.SpecOpts, err
 // BuildSpec renders the full OCI spec for a call without containerd, for
 // tests and inspection.
 func BuildSpec(ctx context.Context, namespace string, call Call, img ocispec.ImageConfig, p Policy) (*specs.Spec, error) {
-	opts, err := SpecOpts(call, img, p)
+	opts, err := specOpts(call, img, p)
 	if err != nil {
 		return nil, err
 	}

@@ -112,7 +112,7 @@ func (w *ctrdWay) close() {
 // rawWay is the containerd client alone. Its knobs (-modes raw+spec+files+
 // kill+metrics) add one fnlet behaviour each, to attribute ctrd's overhead:
 //
-//	spec     ctrd's OCI spec (ctrd.SpecOpts: seccomp profile, hostname, ...)
+//	spec     ctrd's OCI spec (ctrd.BuildSpec: seccomp profile, hostname, ...)
 //	         instead of oci.WithImageConfig alone
 //	seccomp  oci.WithImageConfig plus containerd's default seccomp profile
 //	         only (the part of ctrd's spec that costs)
@@ -203,17 +203,18 @@ func (w *rawWay) call(ctx context.Context, id string) (sample, error) {
 	if w.seccomp {
 		specOpts = append(specOpts, seccomp.WithDefaultProfile())
 	}
+	withSpec := client.WithNewSpec(specOpts...)
 	if w.spec {
-		var err error
-		specOpts, err = ctrd.SpecOpts(ctrd.Call{UID: id, Name: "bench", Image: w.cfg.Image, Args: w.cfg.Args},
+		s, err := ctrd.BuildSpec(ctx, w.cfg.Namespace, ctrd.Call{UID: id, Name: "bench", Image: w.cfg.Image, Args: w.cfg.Args},
 			w.imgCfg, ctrd.Policy{OCIRuntime: w.cfg.Runtime})
 		if err != nil {
 			return sample{}, err
 		}
+		withSpec = client.WithSpec(s)
 	}
 	container, err := w.c.NewContainer(ctx, id,
 		client.WithNewSnapshot(id, w.img),
-		client.WithNewSpec(specOpts...),
+		withSpec,
 		client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: w.cfg.Runtime}),
 	)
 	if err != nil {

@@ -70,8 +70,9 @@ func TestManagerCrashes(t *testing.T) {
 	r.Lost = len(missing)
 	logList(t, "calls that never finished", o.describeMissing(missing))
 	r.notef("all calls final %.1fs after the first was submitted", time.Since(start).Seconds())
-	// A SIGKILL during containerd's "shim start" can leave a shim that never
-	// serves (see internal/ctrd/shim.go): how often the runtime went around one.
+	// A SIGKILL during containerd's "shim start" can leave a shim that
+	// never serves (docs/runtime.md, "Stuck shims"): how often the runtime
+	// went around one.
 	r.notef("task creates that got no answer and were retried with a new shim: %d",
 		strings.Count(m.LogText(), "retrying with a new shim"))
 

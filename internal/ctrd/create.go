@@ -1,0 +1,305 @@
+package ctrd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+)
+
+// Making a call's container and task. Run can always meet the remains of
+// an earlier Run of the same call (a retry, or a manager that died in the
+// middle): the container ID is derived from the call's UID, so what exists
+// is found by ID and continued, never made twice. Two things can already
+// exist when they are created:
+//   - the container, or only its snapshot (createContainer);
+//   - the task, created but never started (takeOverTask).
+//
+// They stay two steps: they are different objects, found by different
+// calls, and a task's fate depends on the stdin mode.
+
+// Run starts a call. It is idempotent: if a container for the call's UID
+// already exists (a retry, or a manager restart) it attaches to it instead
+// of making a second one. The image must have been made present with
+// EnsureImage. Invalid calls fail with an error IsInvalidArgument accepts.
+func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
+	ctx = r.ctx(ctx)
+	id := ContainerID(call.UID)
+	if h := r.handle(id); h != nil {
+		return r.resume(ctx, h, call)
+	}
+	ref, err := NormalizeImageRef(call.Image)
+	if err != nil {
+		return State{}, errdefs.ErrInvalidArgument.WithMessage(err.Error())
+	}
+	ci, ok := r.images.get(ref)
+	if !ok {
+		if ci, err = r.localImage(ctx, ref); err != nil {
+			// A container made before a restart may outlive its image.
+			if h, lerr := r.load(ctx, id); lerr == nil {
+				return r.resume(ctx, h, call)
+			}
+			return State{}, fmt.Errorf("run %s: image not ready: %w", id, err)
+		}
+	}
+	opts, err := specOpts(call, ci.config, Policy{AllowHostNetwork: r.policy.AllowHostNetwork,
+		AllowPrivileged: r.policy.AllowPrivileged, OCIRuntime: r.runtime,
+		InitBinary: r.initBinary, ExitFile: r.dir(id).file(exitFile)})
+	if err != nil {
+		return State{}, fmt.Errorf("run %s: %w", id, err)
+	}
+	h, created, err := r.createContainer(ctx, call, ref, ci, opts)
+	if err != nil {
+		return State{}, err
+	}
+	if !created {
+		return r.resume(ctx, h, call)
+	}
+	if err := r.startTask(ctx, h, call.Input, false); err != nil {
+		return State{}, err
+	}
+	d := r.dir(id)
+	return State{Call: h.ref, ContainerID: id, Phase: PhaseRunning, StartedAt: d.startedAt(), LogDir: d.path}, nil
+}
+
+func (r *Runtime) limitFor(call Call) int64 {
+	if call.OutputLimit > 0 {
+		return call.OutputLimit
+	}
+	return r.outputLimit
+}
+
+// createContainer makes the call's container from image ref under the
+// call's own lease, or returns the one an earlier Run made (created false). Creating first and
+// loading on conflict saves a round trip on the common path, where the
+// container is new.
+func (r *Runtime) createContainer(ctx context.Context, call Call, ref string, ci cachedImage, opts []oci.SpecOpts) (h *callHandle, created bool, err error) {
+	id := ContainerID(call.UID)
+	labels := map[string]string{
+		LabelManagedBy:     managedByValue,
+		LabelCallUID:       call.UID,
+		LabelCallNamespace: call.Namespace,
+		LabelCallName:      call.Name,
+	}
+	// The call's own lease, named after its container, instead of the
+	// random one NewContainer would make and drop (same RPC count), so that
+	// no lease outlives the call: Delete removes it with the container, and
+	// a retried Run reuses it.
+	if _, err := r.client.LeasesService().Create(ctx, leases.WithID(id), leases.WithExpiration(24*time.Hour)); err != nil && !errdefs.IsAlreadyExists(err) {
+		return nil, false, wrapErr(err, "create lease %s", id)
+	}
+	r.mu.Lock()
+	r.leased[id] = true
+	r.mu.Unlock()
+	lctx := leases.WithLease(ctx, id)
+	for attempt := 0; ; attempt++ {
+		c, err := r.client.NewContainer(lctx, id,
+			client.WithNewSnapshot(id, ci.img),
+			client.WithNewSpec(opts...),
+			client.WithContainerLabels(labels),
+			client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: r.runtime}),
+		)
+		if err == nil {
+			return r.putHandle(newHandle(id, refFromLabels(labels), c, r.limitFor(call))), true, nil
+		}
+		if !errdefs.IsAlreadyExists(err) {
+			// The image may have been removed behind our cache's back.
+			r.images.forget(ref)
+			_ = r.deleteLease(ctx, id)
+			return nil, false, wrapErr(err, "create container %s", id)
+		}
+		h, lerr := r.load(ctx, id)
+		if lerr == nil {
+			return h, false, nil
+		}
+		if !IsNotFound(lerr) || attempt > 0 {
+			return nil, false, lerr
+		}
+		// Only the snapshot exists (a crash between preparing it and
+		// creating the container): drop it and create again.
+		if rerr := r.client.SnapshotService(r.snapshot).Remove(ctx, id); rerr != nil && !errdefs.IsNotFound(rerr) {
+			return nil, false, wrapErr(rerr, "remove stale snapshot %s", id)
+		}
+	}
+}
+
+// resume continues a call whose container already exists: it starts a task
+// that was never created or started, otherwise reports its state.
+func (r *Runtime) resume(ctx context.Context, h *callHandle, call Call) (State, error) {
+	h.limit = r.limitFor(call)
+	if task := h.getTask(); task == nil {
+		if !r.dir(h.id).startedAt().IsZero() {
+			// It ran and its task is gone (see Result.ExitStatusLost): never
+			// start it a second time.
+			return r.state(ctx, h)
+		}
+		// Made by an earlier Run, which may have died in NewTask: containerd
+		// may still be creating or cleaning up that task.
+		if err := r.startTask(ctx, h, call.Input, true); err != nil {
+			return State{}, err
+		}
+	} else if st, err := task.Status(ctx); err == nil && st.Status == client.Created {
+		if err := r.start(ctx, h); err != nil {
+			return State{}, err
+		}
+	}
+	return r.state(ctx, h)
+}
+
+// startTask prepares the call's directory, creates the task and starts it.
+func (r *Runtime) startTask(ctx context.Context, h *callHandle, input []byte, resumed bool) error {
+	cfg, err := r.dir(h.id).prepare(input, r.stdinMode, r.initBinary != "")
+	if err != nil {
+		return fmt.Errorf("run %s: %w", h.id, err)
+	}
+	var stdin io.WriteCloser
+	if r.stdinMode == StdinFIFO && cfg.Stdin != "" {
+		if stdin, err = openStdinFIFO(r.bg, cfg.Stdin); err != nil {
+			return fmt.Errorf("run %s: %w", h.id, err)
+		}
+	}
+	closeStdin := func() {
+		if stdin != nil {
+			stdin.Close()
+		}
+	}
+	task, err := r.newTask(ctx, h, cfg, resumed)
+	if errdefs.IsAlreadyExists(err) {
+		task, err = r.takeOverTask(ctx, h, cfg, err)
+	}
+	if err != nil {
+		closeStdin()
+		return wrapErr(err, "create task %s", h.id)
+	}
+	h.setTask(task)
+	if err := r.start(ctx, h); err != nil {
+		closeStdin()
+		return err
+	}
+	if stdin != nil {
+		r.feedStdin(h, task, stdin, input)
+	}
+	return nil
+}
+
+// takeOverTask handles a create that found the task made already: an
+// earlier NewTask whose answer was lost (containerd or the manager died
+// mid-call) made it after all. Never started, it is ours to take over: in
+// file mode its IO is the files just prepared again; a FIFO stdin was made
+// anew, so that task goes and another is made. In any other case the
+// create's error (cause) stands.
+func (r *Runtime) takeOverTask(ctx context.Context, h *callHandle, cfg cio.Config, cause error) (client.Task, error) {
+	old, err := h.container.Task(ctx, attachShimIO)
+	if err != nil {
+		return nil, cause
+	}
+	if st, err := old.Status(ctx); err != nil || st.Status != client.Created {
+		return nil, cause
+	}
+	if r.stdinMode == StdinFile {
+		return old, nil
+	}
+	if _, err := old.Delete(ctx, client.WithProcessKill); err != nil {
+		return nil, cause
+	}
+	return h.container.NewTask(ctx, shimCreator(cfg))
+}
+
+// staleBundleWait bounds how long newTask waits for containerd to remove
+// the bundle of an interrupted create (its cleanup gives up after 2×5 s).
+const staleBundleWait = 20 * time.Second
+
+// newTask creates the call's task, retrying what an interrupted earlier
+// create leaves in the way (docs/runtime.md, "Interrupted creates"):
+//   - a bundle directory or OCI runtime state of the same ID
+//     (isStaleBundle), which containerd's own cleanup removes: waited out,
+//     bounded by staleBundleWait, then ErrStaleBundle;
+//   - when resuming (resumed), any failure but AlreadyExists and
+//     InvalidArgument, since that cleanup can also remove our new bundle.
+//
+// Every create is bounded by createTimeout. One that gets no answer is
+// taken for a shim that never serves (docs/runtime.md, "Stuck shims"): the
+// container moves to a shim of its own (moveShim) and the create is tried
+// once more; a second timeout fails the Run.
+func (r *Runtime) newTask(ctx context.Context, h *callHandle, cfg cio.Config, resumed bool) (client.Task, error) {
+	deadline := time.Now().Add(staleBundleWait)
+	moved := false
+	for {
+		tctx, cancel := context.WithTimeout(ctx, r.createTimeout)
+		task, err := h.container.NewTask(tctx, shimCreator(cfg))
+		timedOut := err != nil && tctx.Err() == context.DeadlineExceeded && ctx.Err() == nil
+		cancel()
+		if timedOut {
+			r.createTimeouts.Add(1)
+			if moved {
+				return nil, fmt.Errorf("containerd did not create the task within %s, twice (the second time with a new shim): %w", r.createTimeout, err)
+			}
+			group, merr := r.moveShim(ctx, h)
+			if merr != nil {
+				return nil, fmt.Errorf("containerd did not create the task within %s: %w", r.createTimeout, merr)
+			}
+			log.G(ctx).WithField("id", h.id).WithField("group", group).
+				Warnf("fnlet: task create got no answer within %s; retrying with a new shim", r.createTimeout)
+			// containerd now cleans up the create given up on: its bundle
+			// is in the way for a while, like after an interrupted create.
+			moved, resumed = true, true
+			deadline = time.Now().Add(staleBundleWait)
+			continue
+		}
+		retry := err != nil && (isStaleBundle(err) || resumed && !errdefs.IsAlreadyExists(err) && !errdefs.IsInvalidArgument(err))
+		if !retry {
+			return task, err
+		}
+		if time.Now().After(deadline) {
+			if isStaleBundle(err) {
+				return nil, staleBundleError(err)
+			}
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// staleBundleError gives up on a bundle containerd does not remove. The
+// cause is kept as text (%v): as a wrapped error its gRPC status would
+// replace ErrStaleBundle when wrapErr converts it.
+func staleBundleError(cause error) error {
+	return fmt.Errorf("%w (waited %s): %v", ErrStaleBundle, staleBundleWait, cause)
+}
+
+// isStaleBundle matches the two errors of a create that meets the remains
+// of an earlier one: containerd's bundle directory ("mkdir …: file
+// exists") or the OCI runtime's state of the half-made container.
+func isStaleBundle(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "mkdir") && strings.Contains(msg, "file exists") ||
+		strings.Contains(msg, "OCI runtime create failed") && strings.Contains(msg, "already exists")
+}
+
+// start starts the created task. The start marker is written before
+// Start, whose answer can be lost after the process started (containerd
+// dying mid-call): a task that then vanishes reads as started and reaped
+// (see state), never as one to start again. A Start that fails for good
+// ends in Delete, which removes the marker.
+func (r *Runtime) start(ctx context.Context, h *callHandle) error {
+	if err := r.dir(h.id).recordStart(time.Now()); err != nil {
+		return fmt.Errorf("run %s: %w", h.id, err)
+	}
+	if err := h.getTask().Start(ctx); err != nil {
+		return wrapErr(err, "start task %s", h.id)
+	}
+	return nil
+}
