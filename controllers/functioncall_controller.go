@@ -61,7 +61,9 @@ type FunctionCallReconciler struct {
 	Nodes NodeLister
 	// ClaimStagger: the node ranked k-th for a call (rendezvous order of
 	// the live nodes that fit it) waits k×ClaimStagger, at most
-	// maxStaggerRanks×, before it claims the call. 0: DefaultClaimStagger.
+	// maxStaggerRanks×, before it claims the call. 0: DefaultClaimStagger;
+	// negative: no ranking, every fitting node claims at once (the old
+	// protocol, kept for the scale harness's comparison).
 	ClaimStagger time.Duration
 
 	DefaultTimeout time.Duration
@@ -222,7 +224,7 @@ func (r *FunctionCallReconciler) claimTurn(ctx context.Context, fc *fnletv1.Func
 		return unschedulableRecheck, r.reportUnschedulable(ctx, fc, p.unschedulable)
 	case p.rank < 0:
 		return -1, nil // another node's to take
-	case p.rank == 0:
+	case p.rank == 0, r.ClaimStagger < 0:
 		return 0, nil
 	}
 	stagger := r.ClaimStagger

@@ -91,7 +91,7 @@ func main() {
 	flag.DurationVar(&o.leaseDuration, "lease-duration", 15*time.Second, "How long this node's Lease holds without a renewal (whole seconds).")
 	flag.DurationVar(&o.leaseRenew, "lease-renew-interval", 5*time.Second, "How often this node renews its Lease.")
 	flag.DurationVar(&o.nodeLostGrace, "node-lost-grace", 30*time.Second, "How long a node's Lease must have been expired before its calls are taken over (NodeLost); longer than a manager restart.")
-	flag.DurationVar(&o.claimStagger, "claim-stagger", controllers.DefaultClaimStagger, "Wait per rank before a node that is not first for a call claims it.")
+	flag.DurationVar(&o.claimStagger, "claim-stagger", controllers.DefaultClaimStagger, "Wait per rank before a node that is not first for a call claims it (negative: no ranking, every node races; for comparison only).")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
