@@ -53,6 +53,11 @@ type FunctionCallReconciler struct {
 	Runtime   Runtime
 	Clock     clock.PassiveClock
 
+	// ManagerUser is the manager's own user name (from a SelfSubjectReview),
+	// named in the RoleBinding a call's namespace is asked to create when
+	// the manager may not read its Secrets or ConfigMaps. May be empty.
+	ManagerUser string
+
 	NodeName   string
 	NodeLabels labels.Set
 	Capacity   Capacity
@@ -88,7 +93,6 @@ func (r *FunctionCallReconciler) runningWriteDelay() time.Duration {
 
 // +kubebuilder:rbac:groups=fnlet.dev,resources=functioncalls,verbs=get;list;watch;patch;delete
 // +kubebuilder:rbac:groups=fnlet.dev,resources=functioncalls/status,verbs=update
-// +kubebuilder:rbac:groups="",resources=secrets;configmaps,verbs=get
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
@@ -308,7 +312,7 @@ func (r *FunctionCallReconciler) drive(ctx context.Context, fc *fnletv1.Function
 }
 
 func (r *FunctionCallReconciler) start(ctx context.Context, fc *fnletv1.FunctionCall) (ctrl.Result, error) {
-	call, auth, err := inputResolver{reader: r.APIReader}.buildCall(ctx, fc, r.Limits)
+	call, auth, err := inputResolver{reader: r.APIReader, managerUser: r.ManagerUser}.buildCall(ctx, fc, r.Limits)
 	if errors.Is(err, errInvalidSpec) {
 		return ctrl.Result{}, r.fail(ctx, fc, fnletv1.ReasonInvalidSpec, err.Error(), nil)
 	}
