@@ -52,6 +52,11 @@ type FunctionCallReconciler struct {
 	Runtime   Runtime
 	Clock     clock.PassiveClock
 
+	// ManagerUser is the manager's own user name (from a SelfSubjectReview),
+	// named in the RoleBinding a call's namespace is asked to create when
+	// the manager may not read its Secrets or ConfigMaps. May be empty.
+	ManagerUser string
+
 	NodeName   string
 	NodeLabels labels.Set
 	Capacity   Capacity
@@ -95,7 +100,6 @@ func (r *FunctionCallReconciler) runningWriteDelay() time.Duration {
 
 // +kubebuilder:rbac:groups=fnlet.dev,resources=functioncalls,verbs=get;list;watch;patch;delete
 // +kubebuilder:rbac:groups=fnlet.dev,resources=functioncalls/status,verbs=update
-// +kubebuilder:rbac:groups="",resources=secrets;configmaps,verbs=get
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
@@ -349,7 +353,7 @@ func (r *FunctionCallReconciler) start(ctx context.Context, fc *fnletv1.Function
 	if fc.Spec.Cancel {
 		return r.fail(ctx, fc, fnletv1.ReasonCancelled, "cancelled before it started")
 	}
-	call, auth, err := inputResolver{reader: r.APIReader}.buildCall(ctx, fc, r.Limits)
+	call, auth, err := inputResolver{reader: r.APIReader, managerUser: r.ManagerUser}.buildCall(ctx, fc, r.Limits)
 	if errors.Is(err, errInvalidSpec) {
 		return r.fail(ctx, fc, fnletv1.ReasonInvalidSpec, err.Error())
 	}

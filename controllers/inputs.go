@@ -32,11 +32,43 @@ type Limits struct {
 	DefaultPids        int64
 }
 
+// NamespaceReaderRole is the ClusterRole shipped in
+// config/rbac/namespace_reader_role.yaml: `get` on Secrets and ConfigMaps.
+// The manager's own ClusterRole has no Secret or ConfigMap access; a
+// namespace whose calls use them opts in with a RoleBinding of this role to
+// the manager's identity (GrantCommand).
+const NamespaceReaderRole = "fnlet-namespace-reader"
+
+// GrantCommand is the kubectl command that lets the manager, authenticated
+// as user, read the Secrets and ConfigMaps of namespace ns. A service
+// account's user name (system:serviceaccount:NS:NAME) becomes
+// --serviceaccount=NS:NAME; an unknown user a placeholder to fill in.
+func GrantCommand(ns, user string) string {
+	subject := "--serviceaccount=<manager-namespace>:<manager-service-account>"
+	if sa, ok := strings.CutPrefix(user, "system:serviceaccount:"); ok {
+		subject = "--serviceaccount=" + sa
+	} else if user != "" {
+		subject = "--user=" + user
+	}
+	return fmt.Sprintf("kubectl create rolebinding fnlet-namespace-reader -n %s --clusterrole=%s %s", ns, NamespaceReaderRole, subject)
+}
+
 // inputResolver reads what a call references — Secrets and ConfigMaps — only
 // in the call's own namespace, with direct GETs (no cluster-wide cache of
-// Secrets, so the manager needs only `get` on them).
+// Secrets, so the manager needs only `get` on them), and only where the
+// namespace granted it (NamespaceReaderRole).
 type inputResolver struct {
 	reader client.Reader
+	// managerUser is the manager's own user name, named in the RoleBinding
+	// a forbidden read asks for; empty when unknown.
+	managerUser string
+}
+
+// notGranted is the InvalidSpec error of a read the manager is not allowed:
+// the call's namespace has not bound NamespaceReaderRole to the manager.
+func (ir inputResolver) notGranted(what, ns string) error {
+	return invalidSpec("%s: the fnlet manager may not read Secrets or ConfigMaps in namespace %s, which has not opted in; "+
+		"to allow it, bind the ClusterRole %s in that namespace: %s", what, ns, NamespaceReaderRole, GrantCommand(ns, ir.managerUser))
 }
 
 // buildCall turns a FunctionCall into the runtime's Call plus the registry
@@ -110,8 +142,11 @@ func (ir inputResolver) buildCall(ctx context.Context, fc *fnletv1.FunctionCall,
 	for _, ref := range spec.ImagePullSecrets {
 		var s corev1.Secret
 		if err := ir.reader.Get(ctx, types.NamespacedName{Namespace: fc.Namespace, Name: ref.Name}, &s); err != nil {
-			if apierrors.IsNotFound(err) || apierrors.IsForbidden(err) {
-				return ctrd.Call{}, nil, invalidSpec("imagePullSecret %q not found in namespace %s (or not readable by the manager)", ref.Name, fc.Namespace)
+			if apierrors.IsNotFound(err) {
+				return ctrd.Call{}, nil, invalidSpec("imagePullSecret %q not found in namespace %s", ref.Name, fc.Namespace)
+			}
+			if apierrors.IsForbidden(err) {
+				return ctrd.Call{}, nil, ir.notGranted(fmt.Sprintf("imagePullSecret %q", ref.Name), fc.Namespace)
 			}
 			return ctrd.Call{}, nil, fmt.Errorf("get imagePullSecret %s: %w", ref.Name, err)
 		}
@@ -134,7 +169,7 @@ func (ir inputResolver) keyValue(ctx context.Context, ns string, sec *corev1.Sec
 	case sec != nil:
 		var s corev1.Secret
 		if err := ir.reader.Get(ctx, types.NamespacedName{Namespace: ns, Name: sec.Name}, &s); err != nil {
-			return "", missingRef(err, "Secret", ns, sec.Name, sec.Optional)
+			return "", ir.missingRef(err, "Secret", ns, sec.Name, sec.Optional)
 		}
 		v, ok := s.Data[sec.Key]
 		if !ok {
@@ -147,7 +182,7 @@ func (ir inputResolver) keyValue(ctx context.Context, ns string, sec *corev1.Sec
 	case cm != nil:
 		var c corev1.ConfigMap
 		if err := ir.reader.Get(ctx, types.NamespacedName{Namespace: ns, Name: cm.Name}, &c); err != nil {
-			return "", missingRef(err, "ConfigMap", ns, cm.Name, cm.Optional)
+			return "", ir.missingRef(err, "ConfigMap", ns, cm.Name, cm.Optional)
 		}
 		if v, ok := c.Data[cm.Key]; ok {
 			return v, nil
@@ -163,7 +198,11 @@ func (ir inputResolver) keyValue(ctx context.Context, ns string, sec *corev1.Sec
 	return "", invalidSpec("no value source")
 }
 
-func missingRef(err error, kind, ns, name string, optional *bool) error {
+// missingRef maps a failed GET of a referenced object: not found is the
+// spec's fault unless optional; forbidden is the namespace's missing opt-in
+// (even for an optional reference: the manager cannot tell whether the
+// object exists), never a bare 403.
+func (ir inputResolver) missingRef(err error, kind, ns, name string, optional *bool) error {
 	if apierrors.IsNotFound(err) {
 		if optional != nil && *optional {
 			return nil
@@ -171,7 +210,7 @@ func missingRef(err error, kind, ns, name string, optional *bool) error {
 		return invalidSpec("%s %s/%s not found", kind, ns, name)
 	}
 	if apierrors.IsForbidden(err) {
-		return invalidSpec("%s %s/%s is not readable by the fnlet manager", kind, ns, name)
+		return ir.notGranted(fmt.Sprintf("%s %s/%s is not readable", kind, ns, name), ns)
 	}
 	return fmt.Errorf("get %s %s/%s: %w", kind, ns, name, err)
 }

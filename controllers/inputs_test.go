@@ -92,10 +92,16 @@ func TestUnitBuildCall(t *testing.T) {
 			if _, ok := obj.(*corev1.Secret); ok && kind == "Secret" {
 				return err
 			}
+			if _, ok := obj.(*corev1.ConfigMap); ok && kind == "ConfigMap" {
+				return err
+			}
 			return c.Get(ctx, key, obj, opts...)
 		}}
 	}
 	forbidden := apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "creds", errors.New("no RBAC"))
+	forbiddenCM := apierrors.NewForbidden(schema.GroupResource{Resource: "configmaps"}, "cfg", errors.New("no RBAC"))
+	// What a namespace without the opt-in is told to run.
+	grant := "kubectl create rolebinding fnlet-namespace-reader -n default --clusterrole=fnlet-namespace-reader --serviceaccount=fnlet-system:fnlet-manager"
 	cases := map[string]struct {
 		fc     *fnletv1.FunctionCall
 		limits *Limits
@@ -152,10 +158,32 @@ func TestUnitBuildCall(t *testing.T) {
 			fc:          call().EnvFromSecret("S", "elsewhere", "token").Obj(),
 			wantInvalid: "Secret default/elsewhere not found",
 		},
-		"env from a Secret the manager may not read": {
+		"env from a Secret the manager may not read: the message says what to bind": {
 			fc:          call().EnvFromSecret("S", "creds", "token").Obj(),
 			funcs:       ptr.To(getErr("Secret", forbidden)),
-			wantInvalid: "Secret default/creds is not readable by the fnlet manager",
+			wantInvalid: "env S: invalid spec: Secret default/creds is not readable: the fnlet manager may not read Secrets or ConfigMaps in namespace default, which has not opted in; to allow it, bind the ClusterRole fnlet-namespace-reader in that namespace: " + grant,
+		},
+		"an optional Secret the manager may not read is still InvalidSpec": {
+			fc:          optionalEnv(call().EnvFromSecret("S", "creds", "token").Obj()),
+			funcs:       ptr.To(getErr("Secret", forbidden)),
+			wantInvalid: grant,
+		},
+		"input from a ConfigMap the manager may not read": {
+			fc:          call().InputFromConfigMap("cfg", "stdin").Obj(),
+			funcs:       ptr.To(getErr("ConfigMap", forbiddenCM)),
+			wantInvalid: "input: invalid spec: ConfigMap default/cfg is not readable: the fnlet manager may not read Secrets or ConfigMaps in namespace default, which has not opted in; to allow it, bind the ClusterRole fnlet-namespace-reader in that namespace: " + grant,
+		},
+		"imagePullSecret the manager may not read": {
+			fc:          call().PullSecrets("regcred").Obj(),
+			funcs:       ptr.To(getErr("Secret", forbidden)),
+			wantInvalid: `imagePullSecret "regcred": the fnlet manager may not read Secrets or ConfigMaps in namespace default, which has not opted in; to allow it, bind the ClusterRole fnlet-namespace-reader in that namespace: ` + grant,
+		},
+		"no Secret or ConfigMap referenced: nothing is read, any namespace works": {
+			fc: call().Env("A", "1").Input("x").Obj(),
+			funcs: &interceptor.Funcs{Get: func(context.Context, client.WithWatch, client.ObjectKey, client.Object, ...client.GetOption) error {
+				return forbidden
+			}},
+			want: baseCall(func(c *ctrd.Call) { c.Env, c.Input = []string{"A=1"}, []byte("x") }),
 		},
 		"an API error reading a Secret is not the spec's fault": {
 			fc:      call().EnvFromSecret("S", "creds", "token").Obj(),
@@ -280,7 +308,7 @@ func TestUnitBuildCall(t *testing.T) {
 				lim = *tc.limits
 			}
 
-			got, auth, err := inputResolver{reader: b.Build()}.buildCall(context.Background(), tc.fc, lim)
+			got, auth, err := inputResolver{reader: b.Build(), managerUser: "system:serviceaccount:fnlet-system:fnlet-manager"}.buildCall(context.Background(), tc.fc, lim)
 
 			switch {
 			case tc.wantInvalid != "":
@@ -303,6 +331,18 @@ func TestUnitBuildCall(t *testing.T) {
 				t.Errorf("auth = %v, want %v", auth, tc.wantAuth)
 			}
 		})
+	}
+}
+
+func TestUnitGrantCommand(t *testing.T) {
+	for user, want := range map[string]string{
+		"system:serviceaccount:fnlet-system:fnlet-manager": "kubectl create rolebinding fnlet-namespace-reader -n team-a --clusterrole=fnlet-namespace-reader --serviceaccount=fnlet-system:fnlet-manager",
+		"fnlet-manager": "kubectl create rolebinding fnlet-namespace-reader -n team-a --clusterrole=fnlet-namespace-reader --user=fnlet-manager",
+		"":              "kubectl create rolebinding fnlet-namespace-reader -n team-a --clusterrole=fnlet-namespace-reader --serviceaccount=<manager-namespace>:<manager-service-account>",
+	} {
+		if got := GrantCommand("team-a", user); got != want {
+			t.Errorf("GrantCommand(team-a, %q) = %q, want %q", user, got, want)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package controllers
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -35,17 +36,29 @@ var managerRoleAllowlist = map[string]string{
 	// resourceVersion is what makes exactly one node win a claim. No get
 	// (status is read with the object) and no patch.
 	"fnlet.dev functioncalls/status update": "claim, markRunning, complete, runtimeFailure",
-	// Env and input from Secrets/ConfigMaps of the call's own namespace, and
-	// imagePullSecrets: direct GETs by name (inputs.go). No list or watch: no
-	// cluster-wide cache of Secrets.
-	" secrets get":    "inputResolver: secretKeyRef, imagePullSecrets",
-	" configmaps get": "inputResolver: configMapKeyRef",
+	// No Secrets and no ConfigMaps: a namespace opts in with a RoleBinding
+	// of NamespaceReaderRole (namespaceReaderAllowlist).
 	// The node's labels for spec.nodeSelector, read once at start.
 	" nodes get": "cmd/manager readNodeLabels",
 	// The event recorder (events.k8s.io/v1): create an event, patch its
 	// series when it repeats.
 	"events.k8s.io events create": "Recorder: Claimed, Started, Finish... events",
 	"events.k8s.io events patch":  "Recorder: event series",
+	// The metrics endpoint's filter (cmd/manager metricsOptions,
+	// controller-runtime's WithAuthenticationAndAuthorization): who sent
+	// the bearer token, and may they GET /metrics.
+	"authentication.k8s.io tokenreviews create":        "metrics filter: authenticate a scrape's token",
+	"authorization.k8s.io subjectaccessreviews create": "metrics filter: authorize GET /metrics",
+}
+
+// namespaceReaderAllowlist is all that config/rbac/namespace_reader_role.yaml
+// (NamespaceReaderRole, bound per namespace) grants: env and input from
+// Secrets/ConfigMaps of the call's own namespace, and imagePullSecrets,
+// read by direct GETs by name (inputs.go). No list or watch: no cache of
+// Secrets, and nothing to enumerate a namespace's Secrets with.
+var namespaceReaderAllowlist = map[string]string{
+	" secrets get":    "inputResolver: secretKeyRef, imagePullSecrets",
+	" configmaps get": "inputResolver: configMapKeyRef",
 }
 
 // managerNamespaceRoleAllowlist is the same for the Role in the manager's
@@ -58,30 +71,13 @@ var managerNamespaceRoleAllowlist = map[string]string{
 	"coordination.k8s.io leases watch":  "LeaseNodes: the informer of the node Leases (placement, NodeLost)",
 }
 
-// TestUnitManagerRoleIsLeastPrivilege reads the generated roles (a
-// ClusterRole, and a Role in the manager's namespace) and compares what
-// each grants with its allowlist, both ways.
-func TestUnitManagerRoleIsLeastPrivilege(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join("..", "config", "rbac", "role.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	docs := strings.Split(string(b), "\n---\n")
+// TestUnitManagerNamespaceRole checks the Role controller-gen writes after
+// the ClusterRole in role.yaml: Leases in the manager's namespace only.
+func TestUnitManagerNamespaceRole(t *testing.T) {
+	docs := roleDocs(t, "role.yaml")
 	if len(docs) != 2 {
 		t.Fatalf("role.yaml has %d documents, want the ClusterRole and the namespace Role", len(docs))
 	}
-	var cluster rbacv1.ClusterRole
-	if err := yaml.UnmarshalStrict([]byte(docs[0]), &cluster); err != nil {
-		t.Fatalf("role.yaml: %v", err)
-	}
-	if cluster.Kind != "ClusterRole" || cluster.Name != "fnlet-manager" {
-		t.Fatalf("role.yaml starts with %s %q, want ClusterRole fnlet-manager", cluster.Kind, cluster.Name)
-	}
-	if cluster.AggregationRule != nil {
-		t.Errorf("the manager's role aggregates other roles: %+v", cluster.AggregationRule)
-	}
-	checkGrants(t, "ClusterRole", cluster.Rules, managerRoleAllowlist)
-
 	var ns rbacv1.Role
 	if err := yaml.UnmarshalStrict([]byte(docs[1]), &ns); err != nil {
 		t.Fatalf("role.yaml: %v", err)
@@ -89,21 +85,120 @@ func TestUnitManagerRoleIsLeastPrivilege(t *testing.T) {
 	if ns.Kind != "Role" || ns.Name != "fnlet-manager" || ns.Namespace != "fnlet-system" {
 		t.Fatalf("role.yaml's second document is %s %s/%s, want Role fnlet-system/fnlet-manager", ns.Kind, ns.Namespace, ns.Name)
 	}
-	checkGrants(t, "Role", ns.Rules, managerNamespaceRoleAllowlist)
+	checkGrants(t, rbacv1.ClusterRole{ObjectMeta: ns.ObjectMeta, Rules: ns.Rules}, managerNamespaceRoleAllowlist,
+		"drop the +kubebuilder:rbac marker and run `make manifests`", "add a +kubebuilder:rbac marker and run `make manifests`")
 }
 
-func checkGrants(t *testing.T, kind string, rules []rbacv1.PolicyRule, allow map[string]string) {
+// TestUnitManagerRoleIsLeastPrivilege reads the generated ClusterRole and
+// compares what it grants with managerRoleAllowlist, both ways: above all,
+// it grants no Secret or ConfigMap access anywhere.
+func TestUnitManagerRoleIsLeastPrivilege(t *testing.T) {
+	role := readClusterRole(t, "role.yaml", "fnlet-manager")
+	checkGrants(t, role, managerRoleAllowlist, "drop the +kubebuilder:rbac marker and run `make manifests`, or justify it in managerRoleAllowlist",
+		"add a +kubebuilder:rbac marker and run `make manifests`")
+}
+
+// TestUnitNamespaceReaderRole checks the opt-in ClusterRole a namespace
+// binds: get on Secrets and ConfigMaps, nothing else.
+func TestUnitNamespaceReaderRole(t *testing.T) {
+	role := readClusterRole(t, "namespace_reader_role.yaml", NamespaceReaderRole)
+	checkGrants(t, role, namespaceReaderAllowlist, "config/rbac/namespace_reader_role.yaml grants more than the manager reads", "config/rbac/namespace_reader_role.yaml lacks")
+}
+
+// TestUnitMetricsReaderRole checks the ClusterRole a scraper is bound to:
+// GET of the nonResourceURL /metrics, nothing else.
+func TestUnitMetricsReaderRole(t *testing.T) {
+	role := readClusterRole(t, "metrics_reader_role.yaml", "fnlet-metrics-reader")
+	if len(role.Rules) != 1 {
+		t.Fatalf("%d rules, want 1: %+v", len(role.Rules), role.Rules)
+	}
+	r := role.Rules[0]
+	if len(r.APIGroups)+len(r.Resources)+len(r.ResourceNames) > 0 ||
+		!reflect.DeepEqual(r.NonResourceURLs, []string{"/metrics"}) || !reflect.DeepEqual(r.Verbs, []string{"get"}) {
+		t.Errorf("rule %+v, want only nonResourceURLs [/metrics] verbs [get]", r)
+	}
+}
+
+// TestUnitNoClusterWideSecretAccess walks every manifest under config/: no
+// ClusterRoleBinding may bind the namespace reader (that would give the
+// manager every namespace's Secrets back), and the only ClusterRoleBinding
+// of the manager's service account is to its own role.
+func TestUnitNoClusterWideSecretAccess(t *testing.T) {
+	var bindings int
+	err := filepath.WalkDir(filepath.Join("..", "config"), func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".yaml") {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, doc := range strings.Split(string(b), "\n---") {
+			var crb rbacv1.ClusterRoleBinding
+			if err := yaml.Unmarshal([]byte(doc), &crb); err != nil || crb.Kind != "ClusterRoleBinding" {
+				continue
+			}
+			bindings++
+			if crb.RoleRef.Name == NamespaceReaderRole {
+				t.Errorf("%s: ClusterRoleBinding %s binds %s cluster-wide: it must be a RoleBinding per namespace", path, crb.Name, NamespaceReaderRole)
+			}
+			for _, sub := range crb.Subjects {
+				if sub.Kind == rbacv1.ServiceAccountKind && sub.Name == "fnlet-manager" && crb.RoleRef.Name != "fnlet-manager" {
+					t.Errorf("%s: ClusterRoleBinding %s gives the manager %s %s", path, crb.Name, crb.RoleRef.Kind, crb.RoleRef.Name)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bindings == 0 {
+		t.Fatal("no ClusterRoleBinding found under config/: the walk is broken (the manager's binding is in config/manager)")
+	}
+}
+
+// roleDocs reads config/rbac/file as its YAML documents.
+func roleDocs(t *testing.T, file string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "config", "rbac", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(string(b), "\n---\n")
+}
+
+// readClusterRole reads the ClusterRole that opens config/rbac/file.
+func readClusterRole(t *testing.T, file, name string) rbacv1.ClusterRole {
+	t.Helper()
+	var role rbacv1.ClusterRole
+	if err := yaml.UnmarshalStrict([]byte(roleDocs(t, file)[0]), &role); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	if role.Kind != "ClusterRole" || role.Name != name {
+		t.Fatalf("%s is %s %q, want ClusterRole %s", file, role.Kind, role.Name, name)
+	}
+	if role.AggregationRule != nil {
+		t.Errorf("%s aggregates other roles: %+v", file, role.AggregationRule)
+	}
+	return role
+}
+
+// checkGrants compares the resource rules of role with allow ("group
+// resource verb" keys), both ways, and refuses wildcards, resourceNames
+// and nonResourceURLs.
+func checkGrants(t *testing.T, role rbacv1.ClusterRole, allow map[string]string, extraHint, missingHint string) {
 	t.Helper()
 	granted := map[string]bool{}
-	for i, rule := range rules {
+	for i, rule := range role.Rules {
 		if len(rule.ResourceNames) > 0 || len(rule.NonResourceURLs) > 0 {
-			t.Errorf("%s rule %d: resourceNames %v / nonResourceURLs %v: not expected from the markers", kind, i, rule.ResourceNames, rule.NonResourceURLs)
+			t.Errorf("rule %d: resourceNames %v / nonResourceURLs %v: not expected", i, rule.ResourceNames, rule.NonResourceURLs)
 		}
 		for _, g := range rule.APIGroups {
 			for _, res := range rule.Resources {
 				for _, v := range rule.Verbs {
 					if g == "*" || res == "*" || v == "*" || strings.Contains(res, "*") {
-						t.Errorf("%s rule %d grants a wildcard: group %q resource %q verb %q", kind, i, g, res, v)
+						t.Errorf("rule %d grants a wildcard: group %q resource %q verb %q", i, g, res, v)
 					}
 					granted[g+" "+res+" "+v] = true
 				}
@@ -124,9 +219,9 @@ func checkGrants(t *testing.T, kind string, rules []rbacv1.PolicyRule, allow map
 	sort.Strings(extra)
 	sort.Strings(missing)
 	if len(extra) > 0 {
-		t.Errorf("the %s grants what the manager does not use (drop the +kubebuilder:rbac marker and run `make manifests`, or justify it in the allowlist): %q", kind, extra)
+		t.Errorf("%s grants what the manager does not use (%s): %q", role.Name, extraHint, extra)
 	}
 	if len(missing) > 0 {
-		t.Errorf("the %s lacks what the manager uses (add a +kubebuilder:rbac marker and run `make manifests`): %q", kind, missing)
+		t.Errorf("%s lacks what the manager uses (%s): %q", role.Name, missingHint, missing)
 	}
 }

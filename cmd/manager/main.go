@@ -13,15 +13,19 @@ import (
 	"path/filepath"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	authenticationv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -30,6 +34,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
@@ -54,6 +59,8 @@ type options struct {
 	metricsAddr, probeAddr, pprofAddr                            string
 	leaseNamespace                                               string
 	leaseDuration, leaseRenew, nodeLostGrace, claimStagger       time.Duration
+	metricsSecure                                                bool
+	metricsCertDir                                               string
 }
 
 func main() {
@@ -84,7 +91,9 @@ func main() {
 	flag.BoolVar(&o.allowPrivileged, "allow-privileged", false, "Allow privileged calls.")
 	flag.StringVar(&o.initBinary, "init-binary", "", "fnlet-init, PID 1 of every call, which records exit codes that containerd loses when it restarts (default: fnlet-init beside the manager's executable; \"none\" runs calls without it).")
 	flag.BoolVar(&o.stdinFIFO, "stdin-fifo", false, "Feed input through a FIFO instead of a regular file (fallback).")
-	flag.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "Prometheus metrics address (0 disables).")
+	flag.StringVar(&o.metricsAddr, "metrics-bind-address", ":8443", "Prometheus metrics address (0 disables).")
+	flag.BoolVar(&o.metricsSecure, "metrics-secure", true, "Serve metrics over HTTPS, only to clients the apiserver authenticates (TokenReview) and authorizes for GET /metrics (SubjectAccessReview; the ClusterRole fnlet-metrics-reader). false serves plain HTTP to anyone who reaches the port: for local tests on 127.0.0.1 only.")
+	flag.StringVar(&o.metricsCertDir, "metrics-cert-dir", "", "Directory with tls.crt and tls.key for the metrics server, reloaded when they change (default: a self-signed certificate made at start).")
 	flag.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Health probe address.")
 	flag.StringVar(&o.pprofAddr, "pprof-bind-address", "", "Serve net/http/pprof here (empty disables), for profiling under load.")
 	flag.StringVar(&o.leaseNamespace, "lease-namespace", envOr("POD_NAMESPACE", "fnlet-system"), "Namespace of the node Leases (default $POD_NAMESPACE, else fnlet-system).")
@@ -213,7 +222,7 @@ func run(ctx context.Context, o options) error {
 	mine := fields.OneTermEqualSelector(controllers.NodeNameField, o.nodeName)
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
+		Metrics:                metricsOptions(o),
 		HealthProbeBindAddress: o.probeAddr,
 		PprofBindAddress:       o.pprofAddr,
 		// Managed fields are ~40% of a cached call and unused here.
@@ -258,8 +267,9 @@ func run(ctx context.Context, o options) error {
 	if err := mgr.Add(lease); err != nil {
 		return err
 	}
+	managerUser := whoAmI(ctx, cfg)
 	rec := &controllers.FunctionCallReconciler{
-		Client: mgr.GetClient(), Unassigned: unassigned, APIReader: mgr.GetAPIReader(),
+		Client: mgr.GetClient(), Unassigned: unassigned, APIReader: mgr.GetAPIReader(), ManagerUser: managerUser,
 		Recorder: mgr.GetEventRecorder("fnlet-manager"), Runtime: rt, Clock: clock.RealClock{},
 		NodeName: o.nodeName, NodeLabels: nodeLabels,
 		Nodes:          controllers.LeaseNodes{Reader: mgr.GetClient(), Namespace: o.leaseNamespace},
@@ -281,8 +291,59 @@ func run(ctx context.Context, o options) error {
 	if err := mgr.AddReadyzCheck("containerd", func(*http.Request) error { return rt.Ping(context.Background()) }); err != nil {
 		return err
 	}
-	log.Info("starting manager", "node", o.nodeName, "containerd", o.containerdAddress, "namespace", o.containerdNamespace, "runtime", o.ociRuntime, "init", initBin)
+	if !o.metricsSecure && o.metricsAddr != "0" {
+		log.Info("WARNING: metrics are served over plain HTTP without authentication", "flag", "--metrics-secure=false", "address", o.metricsAddr)
+	}
+	log.Info("starting manager", "node", o.nodeName, "user", managerUser, "containerd", o.containerdAddress, "namespace", o.containerdNamespace, "runtime", o.ociRuntime, "init", initBin)
 	return mgr.Start(ctx)
+}
+
+// The metrics endpoint authenticates its clients with TokenReviews and
+// authorizes them with SubjectAccessReviews (metricsOptions).
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
+
+// metricsOptions is the metrics server of --metrics-*: by default HTTPS
+// (a self-signed certificate unless --metrics-cert-dir has one) behind
+// controller-runtime's authentication and authorization filter, so only a
+// client whose token the apiserver accepts and who may GET the
+// nonResourceURL /metrics (ClusterRole fnlet-metrics-reader) reads them:
+// 401 without a valid token, 403 without the role.
+func metricsOptions(o options) metricsserver.Options {
+	if !o.metricsSecure {
+		return metricsserver.Options{BindAddress: o.metricsAddr}
+	}
+	return metricsserver.Options{
+		BindAddress:    o.metricsAddr,
+		SecureServing:  true,
+		FilterProvider: filters.WithAuthenticationAndAuthorization,
+		CertDir:        o.metricsCertDir,
+		// No HTTP/2: the scaffold's default too (CVE-2023-44487,
+		// CVE-2023-39325 rapid reset); a scrape needs only HTTP/1.1.
+		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"}; c.MinVersion = tls.VersionTLS12 }},
+	}
+}
+
+// whoAmI asks the apiserver who the manager is (a SelfSubjectReview, which
+// every authenticated user may create): the InvalidSpec message of a call
+// whose namespace has not opted in to Secrets names this user in the
+// RoleBinding to create. Empty (a placeholder in those messages) when the
+// apiserver cannot tell.
+func whoAmI(ctx context.Context, cfg *rest.Config) string {
+	log := ctrl.Log.WithName("setup")
+	c, err := authenticationv1client.NewForConfig(cfg)
+	if err != nil {
+		log.Error(err, "cannot tell the manager's own user name: InvalidSpec messages about Secret access will show a placeholder")
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	r, err := c.SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+	if err != nil {
+		log.Error(err, "cannot tell the manager's own user name (SelfSubjectReview): InvalidSpec messages about Secret access will show a placeholder")
+		return ""
+	}
+	return r.Status.UserInfo.Username
 }
 
 // readNodeLabels reads this node's labels for spec.nodeSelector. Without a

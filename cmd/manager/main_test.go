@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,5 +34,24 @@ func TestFindInit(t *testing.T) {
 				t.Fatalf("got (%q, %v), want %q", got, err, tc.want)
 			}
 		})
+	}
+}
+
+func TestMetricsOptions(t *testing.T) {
+	secure := metricsOptions(options{metricsAddr: ":8443", metricsSecure: true})
+	if !secure.SecureServing || secure.FilterProvider == nil || secure.BindAddress != ":8443" {
+		t.Errorf("--metrics-secure: SecureServing %v, filter set %v, address %q: want HTTPS behind the authn/authz filter",
+			secure.SecureServing, secure.FilterProvider != nil, secure.BindAddress)
+	}
+	cfg := &tls.Config{}
+	for _, f := range secure.TLSOpts {
+		f(cfg)
+	}
+	if len(cfg.NextProtos) != 1 || cfg.NextProtos[0] != "http/1.1" || cfg.MinVersion < tls.VersionTLS12 {
+		t.Errorf("TLS: NextProtos %v MinVersion %x, want http/1.1 only and TLS >= 1.2", cfg.NextProtos, cfg.MinVersion)
+	}
+	plain := metricsOptions(options{metricsAddr: "127.0.0.1:9090", metricsSecure: false})
+	if plain.SecureServing || plain.FilterProvider != nil {
+		t.Errorf("--metrics-secure=false: SecureServing %v, filter set %v: want plain HTTP", plain.SecureServing, plain.FilterProvider != nil)
 	}
 }

@@ -77,6 +77,9 @@ func startManager(ctx context.Context, cfg *config, out string) (*managerProc, e
 		"--health-probe-bind-address", m.probeAddr,
 		"--max-calls", strconv.Itoa(cfg.MaxCalls),
 	}
+	if bytes.Contains(help, []byte("-metrics-secure")) {
+		args = append(args, "--metrics-secure=false") // scraped over plain HTTP on loopback
+	}
 	if bytes.Contains(help, []byte("-pprof-bind-address")) {
 		if m.pprofAddr, err = freePort(); err != nil {
 			return nil, err

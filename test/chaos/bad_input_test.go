@@ -25,6 +25,7 @@ import (
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 	"github.com/fnlet/fnlet/internal/ctrd"
 	"github.com/fnlet/fnlet/internal/testenv/calls"
+	"github.com/fnlet/fnlet/internal/testenv/kubeapi"
 	"github.com/fnlet/fnlet/test/testfn/pattern"
 )
 
@@ -52,6 +53,10 @@ func TestBadInput(t *testing.T) {
 	big := startManager(t, "chaos-bad-big", "--max-calls", "16", "--output-limit", "150Mi", "--default-timeout", "2m")
 	small := startManager(t, "chaos-bad-small", "--max-calls", "4", "--output-limit", "50Mi", "--default-timeout", "2m")
 	ns := newNamespace(t, "bad")
+	// The malformed pull secrets below must be readable to be judged.
+	if err := kubeapi.GrantNamespace(context.Background(), env.k8s, ns); err != nil {
+		t.Fatal(err)
+	}
 	o := observe(t, ns)
 	ctx := context.Background()
 

@@ -181,6 +181,7 @@ func startManager(t *testing.T, node string, extra ...string) *manager {
 			"--containerd-namespace", env.ctrdNS,
 			"--log-dir", m.logDir,
 			"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", m.port),
+			"--metrics-secure=false", // scraped over plain HTTP on loopback
 			"--health-probe-bind-address", "0",
 			"--kill-grace", "1s",
 		}, extra...),

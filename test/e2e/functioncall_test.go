@@ -276,49 +276,6 @@ func TestEventsInDescribe(t *testing.T) {
 	t.Logf("kubectl describe fc described ... Events:%s", events)
 }
 
-// TestManagerMetrics scrapes the manager pod's /metrics through the API
-// server's pod proxy.
-func TestManagerMetrics(t *testing.T) {
-	requireCluster(t)
-	apply(t, fcYAML("counted", []string{"-stdout-text", "x"}))
-	node := waitFinished(t, "counted", 60*time.Second).Status.NodeName
-	pod := strings.TrimSpace(kubectl(t, "-n", systemNamespace, "get", "pods", "-l", managerSelector,
-		"--field-selector", "spec.nodeName="+node, "-o", "jsonpath={.items[0].metadata.name}"))
-	if pod == "" {
-		t.Fatalf("no manager pod on node %s", node)
-	}
-	var out string
-	testenv.Eventually(t, 20*time.Second, 250*time.Millisecond, "fnlet_calls_total{phase=Succeeded,reason=Completed} >= 1", func() error {
-		o, err := kubectlRaw("", "get", "--raw", "/api/v1/namespaces/"+systemNamespace+"/pods/"+pod+":8080/proxy/metrics")
-		if err != nil {
-			return fmt.Errorf("scrape: %v: %s", err, o)
-		}
-		out = o
-		for _, l := range strings.Split(out, "\n") {
-			if strings.HasPrefix(l, "fnlet_calls_total{") && strings.Contains(l, `phase="Succeeded"`) && strings.Contains(l, `reason="Completed"`) {
-				f := strings.Fields(l)
-				if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil && v >= 1 {
-					return nil
-				}
-				return fmt.Errorf("%s", l)
-			}
-		}
-		return fmt.Errorf("no such series")
-	})
-	var fnlet []string
-	for _, l := range strings.Split(out, "\n") {
-		if strings.HasPrefix(l, "fnlet_") && !strings.Contains(l, "_bucket{") {
-			fnlet = append(fnlet, l)
-		}
-	}
-	for _, m := range []string{"fnlet_running_calls", "fnlet_capacity_calls", "fnlet_apply_to_claim_seconds_count"} {
-		if !strings.Contains(out, "\n"+m+" ") {
-			t.Errorf("metric %s missing", m)
-		}
-	}
-	t.Logf("manager %s metrics:\n%s", pod, strings.Join(fnlet, "\n"))
-}
-
 // TestManagerPodDeletedMidCall deletes the manager pod while a call runs;
 // the DaemonSet recreates it, and the new manager finishes the call with
 // the right status and output (it ran once: the shim owned its IO).

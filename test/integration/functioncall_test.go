@@ -22,6 +22,7 @@ import (
 	"github.com/fnlet/fnlet/internal/ctrd"
 	"github.com/fnlet/fnlet/internal/testenv"
 	"github.com/fnlet/fnlet/internal/testenv/calls"
+	"github.com/fnlet/fnlet/internal/testenv/kubeapi"
 	utiltesting "github.com/fnlet/fnlet/internal/testing"
 )
 
@@ -157,12 +158,30 @@ func TestCallOutcomes(t *testing.T) {
 		}
 	})
 
-	t.Run("env from a Secret of the call's namespace", func(t *testing.T) {
+	t.Run("a Secret of a namespace that has not opted in: InvalidSpec saying what to bind", func(t *testing.T) {
 		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "creds", Namespace: ns}, StringData: map[string]string{"token": "s3cr3t"}}
 		if err := env.k8s.Create(context.Background(), sec); err != nil {
 			t.Fatal(err)
 		}
-		key := create(t, call("with-secret", ns, node).Args("-print-env").EnvFromSecret("TOKEN", "creds", "token").Obj())
+		key := create(t, call("unbound-secret", ns, node).Args("-print-env").EnvFromSecret("TOKEN", "creds", "token").Obj())
+		fc := waitFinished(t, key, 30*time.Second)
+		expectOutcome(t, fc, fnletv1.PhaseFailed, fnletv1.ReasonInvalidSpec, nil)
+		// The manager runs as the plain user kubeapi.ManagerUser.
+		want := "kubectl create rolebinding fnlet-namespace-reader -n " + ns + " --clusterrole=fnlet-namespace-reader --user=" + kubeapi.ManagerUser
+		if !strings.Contains(fc.Status.Message, want) || strings.Contains(fc.Status.Stdout, "s3cr3t") {
+			t.Errorf("message %q, want it to contain %q", fc.Status.Message, want)
+		}
+	})
+
+	t.Run("env from a Secret of the call's namespace, once it opted in", func(t *testing.T) {
+		if err := kubeapi.GrantNamespace(context.Background(), env.k8s, ns); err != nil {
+			t.Fatal(err)
+		}
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "granted-creds", Namespace: ns}, StringData: map[string]string{"token": "s3cr3t"}}
+		if err := env.k8s.Create(context.Background(), sec); err != nil {
+			t.Fatal(err)
+		}
+		key := create(t, call("with-secret", ns, node).Args("-print-env").EnvFromSecret("TOKEN", "granted-creds", "token").Obj())
 		fc := waitFinished(t, key, 30*time.Second)
 		expectOutcome(t, fc, fnletv1.PhaseSucceeded, fnletv1.ReasonCompleted, i32(0))
 		if !strings.Contains(fc.Status.Stdout, "TOKEN=s3cr3t\n") {
@@ -171,6 +190,10 @@ func TestCallOutcomes(t *testing.T) {
 	})
 
 	t.Run("a Secret of another namespace is not reachable", func(t *testing.T) {
+		// Even from a namespace that opted in: only its own Secrets.
+		if err := kubeapi.GrantNamespace(context.Background(), env.k8s, ns); err != nil {
+			t.Fatal(err)
+		}
 		other := newNamespace(t)
 		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "elsewhere", Namespace: other}, StringData: map[string]string{"token": "theirs"}}
 		if err := env.k8s.Create(context.Background(), sec); err != nil {

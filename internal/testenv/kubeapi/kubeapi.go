@@ -103,6 +103,10 @@ func (s *Server) setUp(repoRoot string) error {
 	if err := bindManagerRole(c, filepath.Join(repoRoot, "config", "rbac", "role.yaml")); err != nil {
 		return fmt.Errorf("rbac: %w", err)
 	}
+	// Installed, not bound: a namespace opts in with GrantNamespace.
+	if err := createClusterRole(c, filepath.Join(repoRoot, "config", "rbac", "namespace_reader_role.yaml")); err != nil {
+		return fmt.Errorf("rbac: %w", err)
+	}
 	s.ManagerKubeconfig, err = s.Kubeconfig(envtest.User{Name: ManagerUser})
 	return err
 }
@@ -123,6 +127,34 @@ func (s *Server) Kubeconfig(user envtest.User) (string, error) {
 
 // Stop stops the control plane.
 func (s *Server) Stop() error { return s.Env.Stop() }
+
+// GrantNamespace is a namespace's opt-in to Secrets and ConfigMaps for
+// its calls, as users do it: a RoleBinding in ns of the ClusterRole
+// config/rbac/namespace_reader_role.yaml to ManagerUser. Granting twice is
+// fine.
+func GrantNamespace(ctx context.Context, c client.Client, ns string) error {
+	err := c.Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "fnlet-namespace-reader", Namespace: ns},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "fnlet-namespace-reader"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: ManagerUser}},
+	})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("grant namespace %s: %w", ns, err)
+	}
+	return nil
+}
+
+func createClusterRole(c client.Client, rolePath string) error {
+	b, err := os.ReadFile(rolePath)
+	if err != nil {
+		return err
+	}
+	var role rbacv1.ClusterRole
+	if err := yaml.Unmarshal(b, &role); err != nil {
+		return fmt.Errorf("%s: %w", rolePath, err)
+	}
+	return c.Create(context.Background(), &role)
+}
 
 // Suite is the setup the integration and chaos suites' TestMain share: a
 // work directory, the manager binary (with fnlet-init beside it) built
