@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The chaos suite (`make chaos`): faults injected into a running fnlet —
 # manager SIGKILLs, containerd SIGKILLs, a kube-apiserver outage, 1000 mixed
-# calls for leaks, bad input — and a table of what users would see: calls
-# lost, run twice, leaked objects, wrong statuses (all must be 0).
+# calls for leaks, bad input, nodes lost among three managers — and a table
+# of what users would see: calls lost, run twice, leaked objects, wrong
+# statuses (all must be 0).
 #
 # It starts what it needs like hack/test.sh does, but its containerd is its
 # own: FNLET_RUN=/run/fnlet-chaos and FNLET_STATE=/var/lib/fnlet-chaos, and
-# calls run in containerd namespace fnlet-chaos. The tests SIGKILL that
+# calls run in containerd namespace fnlet-chaos (fnlet-chaos-n1..3 for the
+# three nodes of the node-lost test). The tests SIGKILL that
 # daemon by its PID file; nothing another test or the demo uses is touched.
 # A chaos containerd left by an interrupted run is wiped first, so every
 # run starts from zero objects. The kube-apiserver + etcd are envtest's,
@@ -33,27 +35,34 @@ rm -f "$REPORT"
 # reap_leftovers kills what containerd itself leaked and no longer knows
 # (the tests count these as leaks first): shims started by the chaos
 # containerd (its socket is in their command line) and processes left in
-# the cgroups of the chaos namespace; then removes those cgroups.
+# the cgroups of the chaos namespaces; then removes those cgroups.
 reap_leftovers() {
-	local p cmd n=0 d
+	local p cmd n=0 d ns
 	for p in /proc/[0-9]*; do
 		cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
 		case $cmd in
 		*containerd-shim*"-address $CTRD_SOCK "*) kill -9 "${p#/proc/}" 2>/dev/null && n=$((n + 1)) ;;
 		esac
 	done
-	for d in /sys/fs/cgroup/*/"$CHAOS_NS"/* /sys/fs/cgroup/"$CHAOS_NS"/*; do
-		[ -f "$d/cgroup.procs" ] || continue
-		for p in $(cat "$d/cgroup.procs"); do kill -9 "$p" 2>/dev/null && n=$((n + 1)); done
+	for ns in "$CHAOS_NS" "${CHAOS_NODE_NS[@]}"; do
+		for d in /sys/fs/cgroup/*/"$ns"/* /sys/fs/cgroup/"$ns"/*; do
+			[ -f "$d/cgroup.procs" ] || continue
+			for p in $(cat "$d/cgroup.procs"); do kill -9 "$p" 2>/dev/null && n=$((n + 1)); done
+		done
 	done
 	sleep 0.5
-	for d in /sys/fs/cgroup/*/"$CHAOS_NS"/* /sys/fs/cgroup/*/"$CHAOS_NS" /sys/fs/cgroup/"$CHAOS_NS"/* /sys/fs/cgroup/"$CHAOS_NS"; do
-		[ -d "$d" ] && rmdir "$d" 2>/dev/null
+	for ns in "$CHAOS_NS" "${CHAOS_NODE_NS[@]}"; do
+		for d in /sys/fs/cgroup/*/"$ns"/* /sys/fs/cgroup/*/"$ns" /sys/fs/cgroup/"$ns"/* /sys/fs/cgroup/"$ns"; do
+			[ -d "$d" ] && rmdir "$d" 2>/dev/null
+		done
 	done
 	[ "$n" -eq 0 ] || log "killed $n leftover shim/container processes containerd had lost track of"
 }
 
 CHAOS_NS=fnlet-chaos
+# The containerd namespaces of TestNodeLost's three nodes (one each, as on
+# real nodes: a node's orphan collector sees only its own containers).
+CHAOS_NODE_NS=(fnlet-chaos-n1 fnlet-chaos-n2 fnlet-chaos-n3)
 started=false
 cleanup() {
 	local rc=$?
@@ -90,7 +99,9 @@ started=true
 FNLET_CONTAINERD_ADDRESS=$("$FNLET_ROOT/hack/containerd-up.sh")
 export FNLET_CONTAINERD_ADDRESS
 export FNLET_CHAOS_NAMESPACE=$CHAOS_NS
-IMPORT_NAMESPACE=$FNLET_CHAOS_NAMESPACE "$FNLET_ROOT/hack/build-images.sh" >/dev/null
+for ns in "$FNLET_CHAOS_NAMESPACE" "${CHAOS_NODE_NS[@]}"; do
+	IMPORT_NAMESPACE=$ns "$FNLET_ROOT/hack/build-images.sh" >/dev/null
+done
 export FNLET_CHAOS_CONTAINERD_PIDFILE=$CTRD_PID
 export FNLET_CHAOS_REPORT=$REPORT
 # Manager logs of failed tests.

@@ -151,21 +151,31 @@ func (s *startTracker) listTasks(ctx context.Context, c *client.Client) error {
 // ctrdClient is a containerd client for the chaos namespace.
 func ctrdClient(t *testing.T) (*client.Client, context.Context) {
 	t.Helper()
-	c, err := client.New(env.containerd, client.WithDefaultNamespace(env.ctrdNS))
+	return ctrdClientIn(t, env.ctrdNS)
+}
+
+// ctrdClientIn is a containerd client for namespace ns.
+func ctrdClientIn(t *testing.T, ns string) (*client.Client, context.Context) {
+	t.Helper()
+	c, err := client.New(env.containerd, client.WithDefaultNamespace(ns))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return c, namespaces.WithNamespace(context.Background(), env.ctrdNS)
+	return c, namespaces.WithNamespace(context.Background(), ns)
 }
 
 func leaseIDs(ctx context.Context) (map[string]bool, error) {
-	c, err := client.New(env.containerd, client.WithDefaultNamespace(env.ctrdNS))
+	return leaseIDsIn(ctx, env.ctrdNS)
+}
+
+func leaseIDsIn(ctx context.Context, ns string) (map[string]bool, error) {
+	c, err := client.New(env.containerd, client.WithDefaultNamespace(ns))
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	ls, err := c.LeasesService().List(namespaces.WithNamespace(ctx, env.ctrdNS))
+	ls, err := c.LeasesService().List(namespaces.WithNamespace(ctx, ns))
 	if err != nil {
 		return nil, err
 	}
@@ -182,7 +192,14 @@ func leaseIDs(ctx context.Context) (map[string]bool, error) {
 // business and are checked by the tests that set one.
 func leaks(t *testing.T, callUIDs []string, logDirs ...string) []string {
 	t.Helper()
-	c, ctx := ctrdClient(t)
+	return leaksIn(t, env.ctrdNS, env.baseLeases, callUIDs, logDirs...)
+}
+
+// leaksIn is leaks in containerd namespace ns, whose leases before the
+// suite (or the test) were baseLeases.
+func leaksIn(t *testing.T, ns string, baseLeases map[string]bool, callUIDs []string, logDirs ...string) []string {
+	t.Helper()
+	c, ctx := ctrdClientIn(t, ns)
 	ids := map[string]bool{}
 	for _, u := range callUIDs {
 		ids[ctrd.ContainerID(u)] = true
@@ -222,11 +239,11 @@ func leaks(t *testing.T, callUIDs []string, logDirs ...string) []string {
 	for _, l := range ls {
 		// The calls' own leases, and any other made during this test (a
 		// client's random one) that was there before neither the suite nor it.
-		if ids[l.ID] || (!env.baseLeases[l.ID] && !l.CreatedAt.Before(testStarted)) {
+		if ids[l.ID] || (!baseLeases[l.ID] && !l.CreatedAt.Before(testStarted)) {
 			out = append(out, "lease "+l.ID)
 		}
 	}
-	out = append(out, hostLeaks(ids)...)
+	out = append(out, hostLeaks(ns, ids)...)
 	for _, dir := range logDirs {
 		out = append(out, ioDirLeaks(dir)...)
 	}
@@ -236,7 +253,7 @@ func leaks(t *testing.T, callUIDs []string, logDirs ...string) []string {
 // hostLeaks looks at the host for what containerd would not report: shim
 // processes of the calls, processes still in a call's cgroup (children that
 // outlived the call), cgroup directories and FIFOs of cio.
-func hostLeaks(ids map[string]bool) []string {
+func hostLeaks(ns string, ids map[string]bool) []string {
 	var out []string
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
@@ -250,7 +267,7 @@ func hostLeaks(ids map[string]bool) []string {
 		args := strings.Split(string(cmdline), "\x00")
 		if len(args) > 0 && strings.Contains(filepath.Base(args[0]), "containerd-shim") {
 			for i := 0; i+1 < len(args); i++ {
-				if args[i] == "-id" && ids[args[i+1]] && hasArg(args, "-namespace", env.ctrdNS) {
+				if args[i] == "-id" && ids[args[i+1]] && hasArg(args, "-namespace", ns) {
 					out = append(out, fmt.Sprintf("shim pid %s for %s", p.Name(), args[i+1]))
 				}
 			}
@@ -260,15 +277,15 @@ func hostLeaks(ids map[string]bool) []string {
 			continue
 		}
 		for id := range ids {
-			if strings.Contains(string(cg), "/"+env.ctrdNS+"/"+id+"\n") {
+			if strings.Contains(string(cg), "/"+ns+"/"+id+"\n") {
 				out = append(out, fmt.Sprintf("process %s (%s) still in the cgroup of %s", p.Name(), strings.Join(args, " "), id))
 				break
 			}
 		}
 	}
-	ctrls, _ := filepath.Glob("/sys/fs/cgroup/*/" + env.ctrdNS)
-	if fi, err := os.Stat("/sys/fs/cgroup/" + env.ctrdNS); err == nil && fi.IsDir() {
-		ctrls = append(ctrls, "/sys/fs/cgroup/"+env.ctrdNS)
+	ctrls, _ := filepath.Glob("/sys/fs/cgroup/*/" + ns)
+	if fi, err := os.Stat("/sys/fs/cgroup/" + ns); err == nil && fi.IsDir() {
+		ctrls = append(ctrls, "/sys/fs/cgroup/"+ns)
 	}
 	for _, dir := range ctrls {
 		for id := range ids {
