@@ -104,6 +104,10 @@ func (o *OrphanCollector) Start(ctx context.Context) error {
 	t := time.NewTicker(o.Interval)
 	defer t.Stop()
 	list := o.Runtime.Recover
+	// The first pass takes every stray lease: no create of this process is
+	// under way yet. Later ones leave young leases to creates of other
+	// processes that share the namespace.
+	strayAge := time.Duration(0)
 	for {
 		n, err := o.collect(ctx, list)
 		if err != nil {
@@ -114,6 +118,12 @@ func (o *OrphanCollector) Start(ctx context.Context) error {
 				log.Info("removed orphan containers", "count", n)
 			}
 		}
+		if n, err := o.collectStrayLeases(ctx, strayAge); err != nil {
+			log.Error(err, "stray lease collection")
+		} else if n > 0 {
+			log.Info("removed the leases of calls that never got a container", "count", n)
+		}
+		strayAge = 2 * time.Minute
 		if _, err := o.Runtime.PruneLogs(ctx, time.Now().Add(-o.LogRetention), o.LogKeep); err != nil {
 			log.Error(err, "prune logs")
 		}
@@ -147,6 +157,38 @@ func (o *OrphanCollector) collect(ctx context.Context, list func(context.Context
 		// fencing of a node that comes back.
 		if err := o.Runtime.Delete(ctx, s.Call.UID); err != nil {
 			return n, fmt.Errorf("delete orphan %s: %w", s.ContainerID, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// collectStrayLeases removes the leases (and so the snapshots) of calls
+// that never got a container, unless the call is still bound to this node
+// and unfinished: the reconciler resumes those (Run is idempotent).
+func (o *OrphanCollector) collectStrayLeases(ctx context.Context, minAge time.Duration) (int, error) {
+	uids, err := o.Runtime.StrayLeases(ctx, minAge)
+	if err != nil || len(uids) == 0 {
+		return 0, err
+	}
+	var mine fnletv1.FunctionCallList
+	if err := o.APIReader.List(ctx, &mine, client.MatchingFields{NodeNameField: o.NodeName},
+		client.MatchingLabelsSelector{Selector: UnfinishedCalls()}); err != nil {
+		return 0, fmt.Errorf("list this node's calls: %w", err)
+	}
+	live := map[string]bool{}
+	for i := range mine.Items {
+		if fc := &mine.Items[i]; fc.Status.NodeName == o.NodeName && !fc.IsFinished() {
+			live[string(fc.UID)] = true
+		}
+	}
+	n := 0
+	for _, uid := range uids {
+		if live[uid] {
+			continue
+		}
+		if err := o.Runtime.Delete(ctx, uid); err != nil {
+			return n, fmt.Errorf("delete stray lease of call %s: %w", uid, err)
 		}
 		n++
 	}

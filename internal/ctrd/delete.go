@@ -19,13 +19,11 @@ func (r *Runtime) Delete(ctx context.Context, callUID string) error {
 	d := r.dir(id)
 	h, err := r.handleFor(ctx, callUID)
 	if errdefs.IsNotFound(err) {
-		r.mu.Lock()
-		leased := r.leased[id]
-		r.mu.Unlock()
-		if leased { // a Run whose container was never made, e.g. containerd died
-			if err := r.deleteLease(ctx, id); err != nil {
-				return err
-			}
+		// No container, but maybe its lease (and the snapshot it holds): a
+		// Run cut short between the two, by containerd dying or by a
+		// manager killed (see StrayLeases).
+		if err := r.deleteLease(ctx, id); err != nil {
+			return err
 		}
 		r.dropHandle(id)
 		_ = d.removeInput()

@@ -2,7 +2,9 @@ package ctrd
 
 import (
 	"context"
+	"strings"
 	"syscall"
+	"time"
 )
 
 var managedFilter = `labels."` + LabelManagedBy + `"==` + managedByValue
@@ -86,4 +88,36 @@ func (r *Runtime) containerIDs(ctx context.Context) (map[string]bool, error) {
 		ids[c.ID()] = true
 	}
 	return ids, nil
+}
+
+// StrayLeases lists the calls (by UID) that hold a lease of the runtime's
+// namespace but have no container, whose lease is older than minAge and
+// not being created by this process: what a manager killed between
+// creating a call's lease and its container leaves, with the snapshot the
+// lease holds. The caller decides which calls are done with and Deletes
+// them (Delete removes such a lease). minAge guards creates of other
+// processes sharing the namespace (tests do; nodes do not).
+func (r *Runtime) StrayLeases(ctx context.Context, minAge time.Duration) ([]string, error) {
+	ctx = r.ctx(ctx)
+	ls, err := r.client.LeasesService().List(ctx)
+	if err != nil {
+		return nil, wrapErr(err, "list leases")
+	}
+	ids, err := r.containerIDs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, l := range ls {
+		if !strings.HasPrefix(l.ID, containerPrefix) || ids[l.ID] || time.Since(l.CreatedAt) < minAge {
+			continue
+		}
+		r.mu.Lock()
+		inFlight := r.leased[l.ID]
+		r.mu.Unlock()
+		if !inFlight {
+			out = append(out, strings.TrimPrefix(l.ID, containerPrefix))
+		}
+	}
+	return out, nil
 }
