@@ -175,6 +175,7 @@ func run(ctx context.Context, o options) error {
 
 	rtOpts := []ctrd.Opt{
 		ctrd.WithNamespace(o.containerdNamespace), ctrd.WithOCIRuntime(o.ociRuntime), ctrd.WithIORoot(o.ioRoot),
+		ctrd.WithOwner(o.nodeName),
 		ctrd.WithOutputLimit(outputLimit), ctrd.WithTailBytes(o.tailBytes),
 		ctrd.WithAllowHostNetwork(o.allowHostNetwork), ctrd.WithAllowPrivileged(o.allowPrivileged),
 		ctrd.WithRegistryHostsDir(o.registryHostsDir),

@@ -94,7 +94,11 @@ func (r *Runtime) createContainer(ctx context.Context, call Call, ref string, ci
 	// random one NewContainer would make and drop (same RPC count), so that
 	// no lease outlives the call: Delete removes it with the container, and
 	// a retried Run reuses it.
-	if _, err := r.client.LeasesService().Create(ctx, leases.WithID(id), leases.WithExpiration(24*time.Hour)); err != nil && !errdefs.IsAlreadyExists(err) {
+	leaseOpts := []leases.Opt{leases.WithID(id), leases.WithExpiration(24 * time.Hour)}
+	if r.owner != "" {
+		leaseOpts = append(leaseOpts, leases.WithLabel(LabelLeaseOwner, r.owner))
+	}
+	if _, err := r.client.LeasesService().Create(ctx, leaseOpts...); err != nil && !errdefs.IsAlreadyExists(err) {
 		return nil, false, wrapErr(err, "create lease %s", id)
 	}
 	r.mu.Lock()

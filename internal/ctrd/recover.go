@@ -90,13 +90,13 @@ func (r *Runtime) containerIDs(ctx context.Context) (map[string]bool, error) {
 	return ids, nil
 }
 
-// StrayLeases lists the calls (by UID) that hold a lease of the runtime's
-// namespace but have no container, whose lease is older than minAge and
-// not being created by this process: what a manager killed between
+// StrayLeases lists the calls (by UID) that hold a lease of this runtime's
+// owner (WithOwner) but have no container, whose lease is older than minAge
+// and not being created by this process: what a manager killed between
 // creating a call's lease and its container leaves, with the snapshot the
 // lease holds. The caller decides which calls are done with and Deletes
-// them (Delete removes such a lease). minAge guards creates of other
-// processes sharing the namespace (tests do; nodes do not).
+// them (Delete removes such a lease). Leases of other owners, which may
+// share the namespace, are not this runtime's to judge.
 func (r *Runtime) StrayLeases(ctx context.Context, minAge time.Duration) ([]string, error) {
 	ctx = r.ctx(ctx)
 	ls, err := r.client.LeasesService().List(ctx)
@@ -109,7 +109,7 @@ func (r *Runtime) StrayLeases(ctx context.Context, minAge time.Duration) ([]stri
 	}
 	var out []string
 	for _, l := range ls {
-		if !strings.HasPrefix(l.ID, containerPrefix) || ids[l.ID] || time.Since(l.CreatedAt) < minAge {
+		if !strings.HasPrefix(l.ID, containerPrefix) || ids[l.ID] || time.Since(l.CreatedAt) < minAge || l.Labels[LabelLeaseOwner] != r.owner {
 			continue
 		}
 		r.mu.Lock()

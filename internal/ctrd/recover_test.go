@@ -8,22 +8,23 @@ import (
 	"github.com/containerd/containerd/v2/core/leases"
 )
 
-// A lease without a container (a manager killed between making the two)
-// is a stray: StrayLeases reports it, Delete removes it. A lease of a
-// create under way in this process, or younger than minAge, is not.
+// A lease of this runtime's owner without a container (a manager killed
+// between making the two) is a stray: StrayLeases reports it, Delete
+// removes it. A lease of a create under way in this process, one younger
+// than minAge, or one of another owner sharing the namespace, is not.
 func TestStrayLeases(t *testing.T) {
-	rt := newTestRuntime(t, "")
+	rt := newTestRuntime(t, "", WithOwner("node-a"))
 	c, ctx := rawClient(t)
-	stray := newUID(t)
-	if _, err := c.LeasesService().Create(ctx, leases.WithID(ContainerID(stray)), leases.WithExpiration(time.Hour)); err != nil {
-		t.Fatal(err)
+	lease := func(owner string) string {
+		uid := newUID(t)
+		if _, err := c.LeasesService().Create(ctx, leases.WithID(ContainerID(uid)), leases.WithExpiration(time.Hour),
+			leases.WithLabel(LabelLeaseOwner, owner)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.LeasesService().Delete(ctx, leases.Lease{ID: ContainerID(uid)}) })
+		return uid
 	}
-	t.Cleanup(func() { _ = c.LeasesService().Delete(ctx, leases.Lease{ID: ContainerID(stray)}) })
-	inFlight := newUID(t)
-	if _, err := c.LeasesService().Create(ctx, leases.WithID(ContainerID(inFlight)), leases.WithExpiration(time.Hour)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.LeasesService().Delete(ctx, leases.Lease{ID: ContainerID(inFlight)}) })
+	stray, inFlight, others := lease("node-a"), lease("node-a"), lease("node-b")
 	rt.Runtime.mu.Lock()
 	rt.Runtime.leased[ContainerID(inFlight)] = true
 	rt.Runtime.mu.Unlock()
@@ -32,8 +33,8 @@ func TestStrayLeases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Contains(got, stray) || slices.Contains(got, inFlight) {
-		t.Fatalf("StrayLeases = %v, want %s and not %s (in flight)", got, stray, inFlight)
+	if !slices.Contains(got, stray) || slices.Contains(got, inFlight) || slices.Contains(got, others) {
+		t.Fatalf("StrayLeases = %v, want %s and neither %s (in flight) nor %s (another owner's)", got, stray, inFlight, others)
 	}
 	if got, _ := rt.StrayLeases(ctx, time.Hour); slices.Contains(got, stray) {
 		t.Errorf("a lease younger than minAge is reported: %v", got)

@@ -20,6 +20,8 @@ const (
 	LabelCallName      = "fnlet.dev/call-name"
 	LabelManagedBy     = "fnlet.dev/managed-by"
 	managedByValue     = "fnlet"
+	// LabelLeaseOwner is on each call's containerd lease: who made it (WithOwner).
+	LabelLeaseOwner = "fnlet.dev/owner"
 
 	containerPrefix = "fnlet-"
 )
@@ -74,6 +76,7 @@ type Runtime struct {
 	calls  map[string]*callHandle // by container ID
 	oom    map[string]bool        // by container ID: TaskOOM seen
 	leased map[string]bool        // by container ID: lease made, removal not confirmed
+	owner  string                 // labels this runtime's leases (WithOwner)
 	// limitKills are the calls killed for their output whose
 	// EventOutputLimit Watch has not sent yet (see limit.go); kept only
 	// while a Watch runs (watching > 0), which drains it.
@@ -173,6 +176,13 @@ func WithCreateTimeout(d time.Duration) Opt {
 // the OCI runtime on the host can bind-mount from.
 func WithInit(path string) Opt {
 	return func(r *Runtime) error { r.initSource = path; return nil }
+}
+
+// WithOwner labels the call leases this runtime makes (LabelLeaseOwner), so
+// StrayLeases only reports its own: several managers may share one
+// containerd namespace (tests do). The manager passes its node name.
+func WithOwner(name string) Opt {
+	return func(r *Runtime) error { r.owner = name; return nil }
 }
 
 // New connects to containerd at address. The connection is lazy: New

@@ -58,9 +58,10 @@ func TestNodeLost(t *testing.T) {
 		t.Errorf("unschedulable call: phase %s node %q, want Pending and unassigned", fc.Status.Phase, fc.Status.NodeName)
 	}
 
-	// The retried call runs first, wherever placement puts it; the call
+	// The retried call runs first, wherever placement puts it, long enough
+	// to still run when its node dies on a loaded machine; the call
 	// without retries is pinned to the same node.
-	retried := create(t, call("retried", ns, "").Retries(1).Args("-sleep", "4s", "-stdout-text", "done").Obj())
+	retried := create(t, call("retried", ns, "").Retries(1).Args("-sleep", "15s", "-stdout-text", "done").Obj())
 	fc = env.calls.WaitFor(t, retried, 30*time.Second, "running", func(fc *fnletv1.FunctionCall) bool { return fc.Status.Phase == fnletv1.PhaseRunning })
 	lostNode := fc.Status.NodeName
 	once := create(t, call("once", ns, lostNode).Args("-sleep", "60s").Obj())
