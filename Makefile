@@ -108,6 +108,12 @@ kind-e2e: ## The same test/e2e suite on a kind cluster (needs Docker and kind; c
 bench: ## fnlet vs ctrd vs raw containerd vs ctr (and a plain Pod if the cluster is up), one interleaved run; table + bench-results/*.json.
 	hack/bench.sh
 
+##@ Scale
+
+.PHONY: scale
+scale: ## Hollow-node scale harness: N hollow managers (1,10,100,500) on a real apiserver+etcd, old vs new claim protocol; prints the table (SCALE_* knobs in hack/scale.sh). Not in `make test`.
+	hack/scale.sh
+
 ##@ Chaos
 
 .PHONY: chaos

@@ -14,32 +14,20 @@ import (
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
-	coordinationv1 "k8s.io/api/coordination/v1"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	authenticationv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
 	"k8s.io/client-go/rest"
-	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 	"github.com/fnlet/fnlet/controllers"
 	"github.com/fnlet/fnlet/internal/ctrd"
+	"github.com/fnlet/fnlet/internal/node"
 )
 
 type options struct {
@@ -212,78 +200,32 @@ func run(ctx context.Context, o options) error {
 	}
 	defer rt.Close()
 
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return err
-	}
-	if err := fnletv1.AddToScheme(scheme); err != nil {
-		return err
-	}
 	cfg := ctrl.GetConfigOrDie()
-	mine := fields.OneTermEqualSelector(controllers.NodeNameField, o.nodeName)
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 scheme,
-		Metrics:                metricsOptions(o),
-		HealthProbeBindAddress: o.probeAddr,
-		PprofBindAddress:       o.pprofAddr,
-		// Managed fields are ~40% of a cached call and unused here.
-		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields(), ByObject: map[client.Object]cache.ByObject{
-			&fnletv1.FunctionCall{}: {Field: mine, Label: controllers.UnfinishedCalls()},
-			&coordinationv1.Lease{}: {Namespaces: map[string]cache.Config{o.leaseNamespace: {}},
-				Label: labels.SelectorFromSet(labels.Set{controllers.NodeLeaseLabel: "true"})},
-		}},
+	managerUser := whoAmI(ctx, cfg)
+	n, err := node.New(ctx, cfg, node.Options{
+		NodeName: o.nodeName, Runtime: rt, ManagerUser: managerUser,
+		Manager: ctrl.Options{
+			Metrics:                metricsOptions(o),
+			HealthProbeBindAddress: o.probeAddr,
+			PprofBindAddress:       o.pprofAddr,
+		},
+		Metrics:        controllers.NewMetrics(metrics.Registry, o.maxCalls, rt),
+		Workers:        o.workers,
+		Capacity:       controllers.Capacity{MaxCalls: o.maxCalls, MemoryBudgetBytes: budget},
+		Limits:         lim,
+		DefaultTimeout: o.defaultTimeout, MaxTimeout: o.maxTimeout, KillGrace: o.killGrace,
+		LeaseNamespace: o.leaseNamespace, LeaseDuration: o.leaseDuration, LeaseRenew: o.leaseRenew,
+		NodeLostGrace: o.nodeLostGrace, ClaimStagger: o.claimStagger,
 	})
 	if err != nil {
-		return fmt.Errorf("create manager: %w", err)
-	}
-	// Calls no node has claimed yet, in a second, equally narrow cache.
-	unassigned, err := cache.New(cfg, cache.Options{Scheme: scheme, Mapper: mgr.GetRESTMapper(),
-		DefaultTransform: cache.TransformStripManagedFields(),
-		ByObject: map[client.Object]cache.ByObject{
-			// No label selector: a call copied from a finished one may carry
-			// its finished label; claim removes it.
-			&fnletv1.FunctionCall{}: {Field: fields.OneTermEqualSelector(controllers.NodeNameField, "")},
-		}})
-	if err != nil {
-		return fmt.Errorf("create unassigned-calls cache: %w", err)
-	}
-	if err := mgr.Add(unassigned); err != nil {
 		return err
 	}
-	nodeLabels, err := readNodeLabels(ctx, mgr.GetAPIReader(), o.nodeName)
-	if err != nil {
-		return err
-	}
-	events := make(chan event.GenericEvent, 1024)
-	if err := mgr.Add(&controllers.RuntimeEvents{Runtime: rt, Out: events}); err != nil {
+	mgr := n.Manager
+	if err := mgr.Add(&controllers.RuntimeEvents{Runtime: rt, Out: n.Events}); err != nil {
 		return err
 	}
 	if err := mgr.Add(&controllers.OrphanCollector{Runtime: rt, APIReader: mgr.GetAPIReader(), NodeName: o.nodeName,
 		Interval: time.Minute, LogRetention: o.logRetention, LogKeep: o.logKeep}); err != nil {
-		return err
-	}
-	self := controllers.Node{Name: o.nodeName, Labels: nodeLabels, MaxMemoryBytes: lim.MaxMemoryBytes, MaxMilliCPU: lim.MaxMilliCPU}
-	lease := &controllers.NodeLease{Client: mgr.GetClient(), Namespace: o.leaseNamespace, Node: self,
-		Duration: o.leaseDuration, RenewInterval: o.leaseRenew, Clock: clock.RealClock{}}
-	if err := mgr.Add(lease); err != nil {
-		return err
-	}
-	managerUser := whoAmI(ctx, cfg)
-	rec := &controllers.FunctionCallReconciler{
-		Client: mgr.GetClient(), Unassigned: unassigned, APIReader: mgr.GetAPIReader(), ManagerUser: managerUser,
-		Recorder: mgr.GetEventRecorder("fnlet-manager"), Runtime: rt, Clock: clock.RealClock{},
-		NodeName: o.nodeName, NodeLabels: nodeLabels,
-		Nodes:          controllers.LeaseNodes{Reader: mgr.GetClient(), Namespace: o.leaseNamespace},
-		ClaimStagger:   o.claimStagger,
-		Capacity:       controllers.Capacity{MaxCalls: o.maxCalls, MemoryBudgetBytes: budget},
-		Limits:         lim,
-		DefaultTimeout: o.defaultTimeout, MaxTimeout: o.maxTimeout, KillGrace: o.killGrace,
-		Metrics: controllers.NewMetrics(metrics.Registry, o.maxCalls, rt),
-	}
-	if err := rec.SetupWithManager(mgr, unassigned, events, o.workers); err != nil {
-		return fmt.Errorf("set up controller: %w", err)
-	}
-	if err := mgr.Add(&controllers.NodeLossDetector{Calls: rec, Lease: lease, Grace: o.nodeLostGrace, Interval: o.leaseRenew}); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
@@ -345,18 +287,4 @@ func whoAmI(ctx context.Context, cfg *rest.Config) string {
 		return ""
 	}
 	return r.Status.UserInfo.Username
-}
-
-// readNodeLabels reads this node's labels for spec.nodeSelector. Without a
-// Node object (a bare control plane) the node has no labels.
-func readNodeLabels(ctx context.Context, r client.Reader, name string) (labels.Set, error) {
-	var n corev1.Node
-	err := r.Get(ctx, types.NamespacedName{Name: name}, &n)
-	if apierrors.IsNotFound(err) {
-		return labels.Set{}, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read node %s: %w", name, err)
-	}
-	return labels.Set(n.Labels), nil
 }
