@@ -149,22 +149,48 @@ func (r *FunctionCallReconciler) get(ctx context.Context, key types.NamespacedNa
 
 // ---- claim ----
 
-// DefaultClaimStagger and maxStaggerRanks: see ClaimStagger. With the
-// first-ranked node up and not full, a call costs one claim write; below
-// it, each rank waits a little longer, so a full or dead first node delays
-// a call by one stagger, and only the nodes past maxStaggerRanks can race.
+// DefaultClaimStagger, maxStaggerRanks and maxClaimDelay: see claimDelay.
 const (
 	DefaultClaimStagger = 200 * time.Millisecond
 	maxStaggerRanks     = 4
+	maxClaimDelay       = 30 * time.Second
 )
+
+// claimDelay is how long the node ranked rank waits before claiming: one
+// stagger per rank up to maxStaggerRanks, then doubling up to
+// maxClaimDelay. With the first-ranked node up and not full a call costs
+// one claim write; a full or dead first node delays it by one stagger. The
+// doubling keeps the tail from claiming all at once when claim writes are
+// slow (measured with make scale: with a flat cap, every node past the cap
+// raced once writes took longer than the cap, and claims became O(N)).
+func claimDelay(rank int, stagger time.Duration) time.Duration {
+	if rank <= maxStaggerRanks {
+		return time.Duration(rank) * stagger
+	}
+	return min(time.Duration(maxStaggerRanks)*stagger<<min(rank-maxStaggerRanks, 16), maxClaimDelay)
+}
 
 // claim binds an unassigned call to this node if it is this node's turn,
 // the call may run here and the node has room. The status write carries
 // the resourceVersion we read, so of several nodes racing, exactly one
-// succeeds; the others get a conflict and drop the call.
+// succeeds; the others get a conflict and drop the call. A node whose turn
+// came after a wait reads the call afresh first: the node before it most
+// likely claimed it, and its cache may not show that yet (a read is much
+// cheaper than a write that ends in a conflict).
 func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.FunctionCall) (bool, ctrl.Result, error) {
-	if wait, err := r.claimTurn(ctx, fc); err != nil || wait != 0 {
+	wait, waited, err := r.claimTurn(ctx, fc)
+	if err != nil || wait != 0 {
 		return false, ctrl.Result{RequeueAfter: max(wait, 0)}, err
+	}
+	if waited {
+		var cur fnletv1.FunctionCall
+		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(fc), &cur); err != nil {
+			return false, ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+		if cur.UID != fc.UID || cur.Status.NodeName != "" {
+			return false, ctrl.Result{}, nil // taken; the cache will show it
+		}
+		*fc = cur
 	}
 	if ok, err := r.hasRoom(ctx, fc); err != nil || !ok {
 		// A slot frees when a call finishes; poll gently until then.
@@ -201,9 +227,10 @@ func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.Function
 }
 
 // claimTurn places the call among the live nodes (see place): 0 means
-// claim now, > 0 wait that long, < 0 never (it does not fit this node).
-// When no live node fits it, one node (the reporter) says so on the call.
-func (r *FunctionCallReconciler) claimTurn(ctx context.Context, fc *fnletv1.FunctionCall) (time.Duration, error) {
+// claim now, > 0 wait that long, < 0 never (it does not fit this node);
+// waited says the turn came after a wait (see claim). When no live node
+// fits the call, one node (the reporter) says so on the call.
+func (r *FunctionCallReconciler) claimTurn(ctx context.Context, fc *fnletv1.FunctionCall) (wait time.Duration, waited bool, err error) {
 	var nodes []Node
 	if r.Nodes != nil {
 		// Bounded: a Lease informer that cannot sync (say, RBAC missing in
@@ -213,7 +240,7 @@ func (r *FunctionCallReconciler) claimTurn(ctx context.Context, fc *fnletv1.Func
 		nodes, err = r.Nodes.Nodes(lctx)
 		cancel()
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
 	}
 	now := r.Clock.Now()
@@ -222,21 +249,21 @@ func (r *FunctionCallReconciler) claimTurn(ctx context.Context, fc *fnletv1.Func
 	switch {
 	case p.unschedulable != "":
 		if !p.reporter {
-			return -1, nil
+			return -1, false, nil
 		}
 		// Re-checked now and then: the message counts the live nodes.
-		return unschedulableRecheck, r.reportUnschedulable(ctx, fc, p.unschedulable)
+		return unschedulableRecheck, false, r.reportUnschedulable(ctx, fc, p.unschedulable)
 	case p.rank < 0:
-		return -1, nil // another node's to take
+		return -1, false, nil // another node's to take
 	case p.rank == 0, r.ClaimStagger < 0:
-		return 0, nil
+		return 0, false, nil
 	}
 	stagger := r.ClaimStagger
 	if stagger <= 0 {
 		stagger = DefaultClaimStagger
 	}
-	due := r.calls.waitingSince(fc, now).Add(time.Duration(min(p.rank, maxStaggerRanks)) * stagger)
-	return max(due.Sub(now), 0), nil
+	due := r.calls.waitingSince(fc, now).Add(claimDelay(p.rank, stagger))
+	return max(due.Sub(now), 0), true, nil
 }
 
 // unschedulableRecheck is how often the reporter re-checks a call no node fits.

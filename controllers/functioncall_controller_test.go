@@ -1461,7 +1461,7 @@ func TestUnitReconcileClaimTurn(t *testing.T) {
 				}
 				return
 			}
-			wait := time.Duration(min(rank, maxStaggerRanks)) * stagger
+			wait := claimDelay(rank, stagger)
 			checkResult(t, res, ctrl.Result{RequeueAfter: wait})
 			if got := h.mustCall("a"); got.Status.NodeName != "" || len(h.statusWrites()) != 0 {
 				t.Fatalf("ranked %d: claimed before its turn", rank)
@@ -1543,4 +1543,70 @@ func TestUnitReconcileUnschedulable(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Past maxStaggerRanks the wait doubles (to a cap), so a slow apiserver
+// does not let the whole tail claim at once.
+func TestUnitClaimDelay(t *testing.T) {
+	s := 100 * time.Millisecond
+	for rank, want := range []time.Duration{0, s, 2 * s, 3 * s, 4 * s, 8 * s, 16 * s, 32 * s} {
+		if got := claimDelay(rank, s); got != want {
+			t.Errorf("claimDelay(%d) = %s, want %s", rank, got, want)
+		}
+	}
+	if got := claimDelay(1000, s); got != maxClaimDelay {
+		t.Errorf("claimDelay(1000) = %s, want the cap %s", got, maxClaimDelay)
+	}
+}
+
+// A node whose turn came after a wait reads the call afresh before it
+// writes: if the node ranked before it claimed the call (which its cache
+// does not show yet), it drops the call without a write.
+func TestUnitReconcileClaimReadsAfreshAfterWaiting(t *testing.T) {
+	h := newHarness(t, newCall("a").Obj())
+	h.rt.withImages(image)
+	// A live peer ranked above this node for the call.
+	var peer string
+	for i := range 100 {
+		p := fmt.Sprint("node-", i)
+		if rendezvous(uidOf("a"), []string{testNode, p})[0] == p {
+			peer = p
+			break
+		}
+	}
+	h.r.Nodes, h.r.ClaimStagger = staticNodes{liveNode(peer)}, 100*time.Millisecond
+	sc := &staleClient{Client: h.client}
+	h.r.Client, h.r.Unassigned = sc, sc
+	sc.freeze(h.mustCall("a")) // the cache keeps showing it unassigned
+	reads := &countingReader{Reader: h.client}
+	h.r.APIReader = reads
+
+	checkResult(t, h.mustReconcile("a"), ctrl.Result{RequeueAfter: 100 * time.Millisecond})
+	// The peer claims it.
+	fc := h.mustCall("a")
+	fc.Status.NodeName = peer
+	if err := h.client.Status().Update(context.Background(), fc); err != nil {
+		t.Fatal(err)
+	}
+	writes := len(h.statusWrites())
+	h.clock.SetTime(t0.Add(100 * time.Millisecond))
+	checkResult(t, h.mustReconcile("a"), ctrl.Result{})
+	if got := h.mustCall("a").Status.NodeName; got != peer || len(h.statusWrites()) != writes {
+		t.Errorf("node %q, %d status writes after the turn (want %s and none)", got, len(h.statusWrites())-writes, peer)
+	}
+	if reads.gets != 1 {
+		t.Errorf("%d fresh reads of the call, want 1 (without it the claim write could only conflict)", reads.gets)
+	}
+	checkRuntime(t, h.rt.recorded(), nil)
+}
+
+// countingReader counts the Gets of a reader.
+type countingReader struct {
+	client.Reader
+	gets int
+}
+
+func (c *countingReader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	c.gets++
+	return c.Reader.Get(ctx, key, obj, opts...)
 }
