@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -240,15 +242,39 @@ func TestNodeLost(t *testing.T) {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
 	}
 	uids := uidsOf(o, names())
-	var lk []string
+	var lk, emptyCgroups []string
 	for _, node := range nodeNames {
 		n := nodes[node]
 		for _, l := range leaksIn(t, n.ctrdNS, n.baseLeases, uids, n.m.logDir) {
+			if emptyCgroupDir(l) {
+				emptyCgroups = append(emptyCgroups, n.ctrdNS+": "+l)
+				continue
+			}
 			lk = append(lk, n.ctrdNS+": "+l)
 		}
 	}
 	r.Leak = len(lk)
 	logList(t, "leaked", lk)
+	if len(emptyCgroups) > 0 {
+		// A kill during "runc create" leaves the cgroup runc made, empty,
+		// with no runc state to delete it by: containerd's dead-shim cleanup
+		// fails with "container not created" (docs/runtime.md, "Interrupted
+		// creates"). Nothing runs or is held in it, and the DaemonSet cannot
+		// reach the host's cgroupfs to remove it; shown, not counted.
+		r.notef("%d empty cgroup directories of creates interrupted by the kills (runc leaves them; see docs/runtime.md)", len(emptyCgroups))
+		logList(t, "empty cgroup directories of interrupted creates (not counted)", emptyCgroups)
+	}
+}
+
+// emptyCgroupDir says whether a leak line is a cgroup directory with no
+// process in it.
+func emptyCgroupDir(leak string) bool {
+	dir, ok := strings.CutPrefix(leak, "cgroup ")
+	if !ok {
+		return false
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	return err == nil && len(strings.TrimSpace(string(b))) == 0
 }
 
 func (n *chaosNode) logDirOrEmpty() string {
