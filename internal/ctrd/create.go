@@ -33,8 +33,15 @@ import (
 // EnsureImage. Invalid calls fail with an error IsInvalidArgument accepts.
 func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 	ctx = r.ctx(ctx)
-	id := ContainerID(call.UID)
+	id := r.containerOf(call.UID)
 	if h := r.handle(id); h != nil {
+		return r.resume(ctx, h, call)
+	}
+	if id != ContainerID(call.UID) { // a pre-started container it claimed
+		h, err := r.load(ctx, id)
+		if err != nil {
+			return State{}, err
+		}
 		return r.resume(ctx, h, call)
 	}
 	ref, err := NormalizeImageRef(call.Image)
@@ -57,7 +64,7 @@ func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 	if err != nil {
 		return State{}, fmt.Errorf("run %s: %w", id, err)
 	}
-	h, created, err := r.createContainer(ctx, call, ref, ci, opts)
+	h, created, err := r.createContainer(ctx, id, callLabels(call), r.limitFor(call), ref, ci, opts)
 	if err != nil {
 		return State{}, err
 	}
@@ -68,7 +75,16 @@ func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 		return State{}, err
 	}
 	d := r.dir(id)
-	return State{Call: h.ref, ContainerID: id, Phase: PhaseRunning, StartedAt: d.startedAt(), LogDir: d.path}, nil
+	return State{Call: h.callRef(), ContainerID: id, Phase: PhaseRunning, StartedAt: d.startedAt(), LogDir: d.path}, nil
+}
+
+func callLabels(call Call) map[string]string {
+	return map[string]string{
+		LabelManagedBy:     managedByValue,
+		LabelCallUID:       call.UID,
+		LabelCallNamespace: call.Namespace,
+		LabelCallName:      call.Name,
+	}
 }
 
 func (r *Runtime) limitFor(call Call) int64 {
@@ -82,14 +98,7 @@ func (r *Runtime) limitFor(call Call) int64 {
 // call's own lease, or returns the one an earlier Run made (created false). Creating first and
 // loading on conflict saves a round trip on the common path, where the
 // container is new.
-func (r *Runtime) createContainer(ctx context.Context, call Call, ref string, ci cachedImage, opts []oci.SpecOpts) (h *callHandle, created bool, err error) {
-	id := ContainerID(call.UID)
-	labels := map[string]string{
-		LabelManagedBy:     managedByValue,
-		LabelCallUID:       call.UID,
-		LabelCallNamespace: call.Namespace,
-		LabelCallName:      call.Name,
-	}
+func (r *Runtime) createContainer(ctx context.Context, id string, labels map[string]string, limit int64, ref string, ci cachedImage, opts []oci.SpecOpts) (h *callHandle, created bool, err error) {
 	// The call's own lease, named after its container, instead of the
 	// random one NewContainer would make and drop (same RPC count), so that
 	// no lease outlives the call: Delete removes it with the container, and
@@ -113,7 +122,11 @@ func (r *Runtime) createContainer(ctx context.Context, call Call, ref string, ci
 			client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: r.runtime}),
 		)
 		if err == nil {
-			return r.putHandle(newHandle(id, refFromLabels(labels), c, r.limitFor(call))), true, nil
+			h := newHandle(id, refFromLabels(labels), c, limit)
+			if labels[LabelPool] != "" {
+				h.warm = warmFromLabels(labels)
+			}
+			return r.putHandle(h), true, nil
 		}
 		if !errdefs.IsAlreadyExists(err) {
 			// The image may have been removed behind our cache's back.
@@ -140,6 +153,9 @@ func (r *Runtime) createContainer(ctx context.Context, call Call, ref string, ci
 // that was never created or started, otherwise reports its state.
 func (r *Runtime) resume(ctx context.Context, h *callHandle, call Call) (State, error) {
 	h.limit = r.limitFor(call)
+	if h.warm != nil {
+		return r.resumeWarm(ctx, h, call)
+	}
 	if task := h.getTask(); task == nil {
 		if !r.dir(h.id).startedAt().IsZero() {
 			// It ran and its task is gone (see Result.ExitStatusLost): never

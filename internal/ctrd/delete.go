@@ -14,10 +14,17 @@ import (
 // policy (PruneLogs); the input is removed at once. Deleting a call that
 // does not exist is not an error.
 func (r *Runtime) Delete(ctx context.Context, callUID string) error {
-	ctx = r.ctx(ctx)
-	id := ContainerID(callUID)
+	return r.deleteContainer(r.ctx(ctx), r.containerOf(callUID))
+}
+
+// deleteContainer is Delete of container id, a call's or a pool's.
+func (r *Runtime) deleteContainer(ctx context.Context, id string) error {
 	d := r.dir(id)
-	h, err := r.handleFor(ctx, callUID)
+	h := r.handle(id)
+	var err error
+	if h == nil {
+		h, err = r.load(ctx, id)
+	}
 	if errdefs.IsNotFound(err) {
 		// No container, but maybe its lease (and the snapshot it holds): a
 		// Run cut short between the two, by containerd dying or by a
@@ -77,6 +84,9 @@ func (r *Runtime) Delete(ctx context.Context, callUID string) error {
 	r.dropHandle(id)
 	if err := d.removeInput(); err != nil {
 		return wrapErr(err, "delete %s", id)
+	}
+	if h.warm != nil {
+		return r.removeWarmDir(h)
 	}
 	return nil
 }

@@ -127,7 +127,12 @@ func (r *Runtime) dispatch(ctx context.Context, q *serialQueue, env *events.Enve
 		if kind == EventExit && h.isTask(pid) {
 			h.markExited()
 		}
-		fn(Event{Kind: kind, Call: h.ref})
+		ref := h.callRef()
+		if ref.UID == "" {
+			r.warmExited(id) // a pre-started container no call holds
+			return
+		}
+		fn(Event{Kind: kind, Call: ref})
 	})
 }
 

@@ -14,7 +14,9 @@ import (
 // Runtime holds one per container ID in its registry (r.calls) from the
 // first Run, load or event until Delete.
 type callHandle struct {
-	id        string
+	id string
+	// ref is the call; it changes once for a pre-started container, when a
+	// call claims it (warm.go): read it with callRef.
 	ref       CallRef
 	container client.Container
 	// limit is the call's output cap; a handle loaded without its Call (a
@@ -29,10 +31,20 @@ type callHandle struct {
 	killTimer *time.Timer
 	// feeding is set while this process writes the call's FIFO stdin.
 	feeding bool
+	// warm is the profile of a pool's pre-started container, nil for a
+	// call's own container; claimed is set once a call takes it.
+	warm    *warmProfile
+	claimed bool
 }
 
 func newHandle(id string, ref CallRef, c client.Container, limit int64) *callHandle {
 	return &callHandle{id: id, ref: ref, container: c, limit: limit, exited: make(chan struct{})}
+}
+
+func (h *callHandle) callRef() CallRef {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.ref
 }
 
 func (h *callHandle) markExited() {
@@ -123,7 +135,7 @@ func (r *Runtime) handles() []*callHandle {
 // handleFor is the registered handle of a call, loaded from containerd if
 // this process has none yet.
 func (r *Runtime) handleFor(ctx context.Context, callUID string) (*callHandle, error) {
-	id := ContainerID(callUID)
+	id := r.containerOf(callUID)
 	if h := r.handle(id); h != nil {
 		return h, nil
 	}
@@ -141,7 +153,14 @@ func (r *Runtime) load(ctx context.Context, id string) (*callHandle, error) {
 	if err != nil {
 		return nil, wrapErr(err, "labels of %s", id)
 	}
-	h := newHandle(id, refFromLabels(labels), c, r.outputLimit)
+	ref := refFromLabels(labels)
+	if labels[LabelPool] != "" {
+		ref = r.claimOf(id) // zero while no call claimed it
+	}
+	h := newHandle(id, ref, c, r.outputLimit)
+	if labels[LabelPool] != "" {
+		h.warm = warmFromLabels(labels)
+	}
 	task, err := c.Task(ctx, attachShimIO)
 	switch {
 	case errdefs.IsNotFound(err):

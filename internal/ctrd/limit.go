@@ -42,10 +42,10 @@ func (r *Runtime) enforceOutputLimit(ctx context.Context, h *callHandle) {
 	}
 	r.mu.Lock()
 	if r.watching > 0 {
-		r.limitKills = append(r.limitKills, h.ref)
+		r.limitKills = append(r.limitKills, h.callRef())
 	}
 	r.mu.Unlock()
-	if err := r.Signal(ctx, h.ref.UID, syscall.SIGKILL); err != nil {
+	if err := r.signal(ctx, h, syscall.SIGKILL); err != nil {
 		log.G(ctx).WithError(err).WithField("id", h.id).Warn("fnlet: kill over output limit")
 	}
 }

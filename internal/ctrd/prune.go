@@ -2,7 +2,9 @@ package ctrd
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -38,6 +40,18 @@ func (r *Runtime) PruneLogs(ctx context.Context, cutoff time.Time, keep int) (in
 		dead = append(dead, dir{e.Name(), fi.ModTime()})
 	}
 	sort.Slice(dead, func(i, j int) bool { return dead[i].mod.After(dead[j].mod) })
+	// A call that ran in a pre-started container has its directory by a
+	// symlink (warm.go): it goes with the directory it names.
+	defer func() {
+		for _, e := range entries {
+			if e.Type()&os.ModeSymlink == 0 || !strings.HasPrefix(e.Name(), containerPrefix) {
+				continue
+			}
+			if _, err := os.Stat(filepath.Join(r.ioRoot, e.Name())); errors.Is(err, fs.ErrNotExist) {
+				os.Remove(filepath.Join(r.ioRoot, e.Name()))
+			}
+		}
+	}()
 	removed := 0
 	for i, d := range dead {
 		if i < keep && d.mod.After(cutoff) {

@@ -31,6 +31,9 @@ func (r *Runtime) List(ctx context.Context) ([]State, error) {
 				return nil, err
 			}
 		}
+		if h.warm != nil && h.callRef().UID == "" {
+			continue // pre-started, no call yet: WarmContainers lists these
+		}
 		s, err := r.state(ctx, h)
 		if err != nil {
 			if IsNotFound(err) {
@@ -73,7 +76,7 @@ func (r *Runtime) repairInputs(ctx context.Context, states []State) {
 			continue
 		}
 		_ = r.dir(h.id).mark(inputMarker)
-		_ = r.Signal(ctx, h.ref.UID, syscall.SIGKILL)
+		_ = r.signal(ctx, h, syscall.SIGKILL)
 	}
 }
 

@@ -129,27 +129,36 @@ func withImageEnv(env []string) oci.SpecOpts {
 // /etc/passwd, i.e. mounting the rootfs in the manager; we refuse it with a
 // clear message instead (the call can set runAsUser).
 func withUser(imageUser string, u *User) (oci.SpecOpts, error) {
+	uid, gid, err := effectiveUser(imageUser, u)
+	if err != nil {
+		return nil, err
+	}
+	return oci.WithUIDGID(uid, gid), nil
+}
+
+// effectiveUser is the uid/gid of withUser.
+func effectiveUser(imageUser string, u *User) (uint32, uint32, error) {
 	if u != nil {
 		if u.UID < 0 || u.GID < 0 || u.UID > 1<<31 || u.GID > 1<<31 {
-			return nil, errdefs.ErrInvalidArgument.WithMessage(fmt.Sprintf("invalid user %d:%d", u.UID, u.GID))
+			return 0, 0, errdefs.ErrInvalidArgument.WithMessage(fmt.Sprintf("invalid user %d:%d", u.UID, u.GID))
 		}
-		return oci.WithUIDGID(uint32(u.UID), uint32(u.GID)), nil
+		return uint32(u.UID), uint32(u.GID), nil
 	}
 	if imageUser == "" {
-		return oci.WithUIDGID(0, 0), nil
+		return 0, 0, nil
 	}
 	name, group, _ := strings.Cut(imageUser, ":")
 	uid, err := strconv.ParseUint(name, 10, 32)
 	if err != nil {
-		return nil, errdefs.ErrInvalidArgument.WithMessage(fmt.Sprintf("image user %q is not numeric; set securityContext.runAsUser", imageUser))
+		return 0, 0, errdefs.ErrInvalidArgument.WithMessage(fmt.Sprintf("image user %q is not numeric; set securityContext.runAsUser", imageUser))
 	}
 	gid := uid
 	if group != "" {
 		if gid, err = strconv.ParseUint(group, 10, 32); err != nil {
-			return nil, errdefs.ErrInvalidArgument.WithMessage(fmt.Sprintf("image group %q is not numeric; set securityContext.runAsGroup", group))
+			return 0, 0, errdefs.ErrInvalidArgument.WithMessage(fmt.Sprintf("image group %q is not numeric; set securityContext.runAsGroup", group))
 		}
 	}
-	return oci.WithUIDGID(uint32(uid), uint32(gid)), nil
+	return uint32(uid), uint32(gid), nil
 }
 
 func withResources(call Call) []oci.SpecOpts {

@@ -18,6 +18,10 @@ func (r *Runtime) Signal(ctx context.Context, callUID string, sig syscall.Signal
 	if err != nil {
 		return err
 	}
+	return r.signal(ctx, h, sig)
+}
+
+func (r *Runtime) signal(ctx context.Context, h *callHandle, sig syscall.Signal) error {
 	task := h.getTask()
 	if task == nil {
 		return fmt.Errorf("signal %s: no task: %w", h.id, errdefs.ErrNotFound)
@@ -36,7 +40,7 @@ func (r *Runtime) Stop(ctx context.Context, callUID string, grace time.Duration)
 	if err := r.Signal(ctx, callUID, syscall.SIGTERM); err != nil {
 		return err
 	}
-	h := r.handle(ContainerID(callUID))
+	h := r.handle(r.containerOf(callUID))
 	if h == nil {
 		return nil
 	}

@@ -12,7 +12,7 @@ import (
 // call whose output passed its cap is killed (see enforceOutputLimit).
 func (r *Runtime) State(ctx context.Context, callUID string) (State, error) {
 	ctx = r.ctx(ctx)
-	id := ContainerID(callUID)
+	id := r.containerOf(callUID)
 	h := r.handle(id)
 	if h == nil {
 		var err error
@@ -27,7 +27,7 @@ func (r *Runtime) State(ctx context.Context, callUID string) (State, error) {
 
 func (r *Runtime) state(ctx context.Context, h *callHandle) (State, error) {
 	d := r.dir(h.id)
-	s := State{Call: h.ref, ContainerID: h.id, LogDir: d.path, StartedAt: d.startedAt()}
+	s := State{Call: h.callRef(), ContainerID: h.id, LogDir: d.path, StartedAt: d.startedAt()}
 	h.mu.Lock()
 	res, task := h.result, h.task
 	h.mu.Unlock()
