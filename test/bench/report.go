@@ -99,7 +99,8 @@ func report(w io.Writer, res *result) {
 	fmt.Fprintln(w, "\nratios at p50 (at p95):")
 	type rr struct{ label, a, b string }
 	rs := []rr{{"system/raw", "fnlet", "raw"}, {"controller/runtime", "fnlet", "ctrd"}, {"runtime/raw", "ctrd", "raw"},
-		{"ctr/raw", "ctr", "raw"}, {"pod/fnlet", "pod", "fnlet"}}
+		{"ctr/raw", "ctr", "raw"}, {"pod/fnlet", "pod", "fnlet"},
+		{"warm/raw", "ctrd-warm", "raw"}, {"warm/cold", "ctrd-warm", "ctrd"}}
 	for _, n := range res.Order {
 		if strings.HasPrefix(n, "raw+") {
 			rs = append(rs, rr{n + "/raw", n, "raw"})
@@ -117,6 +118,17 @@ func report(w io.Writer, res *result) {
 		fmt.Fprintln(w, "  (ctrd, raw and ctr remove the container inside the measured call; fnlet removes it after writing the status, outside)")
 	}
 	var goals []string
+	if ws := res.Seq["ctrd-warm"]; len(ws) > 0 {
+		// Claim -> exit seen: the part of a warm call a pool cannot hide.
+		var ds []time.Duration
+		for _, s := range ws {
+			if len(s.Phases) >= 2 {
+				ds = append(ds, s.Phases[0].D+s.Phases[1].D)
+			}
+		}
+		p50 := statsOf(ds).P50
+		goals = append(goals, verdict("warm claim -> exit <= 30ms (p50)", p50 <= 30*time.Millisecond, ms(p50)+" ms"))
+	}
 	if f, ok := all["fnlet"]; ok {
 		if raw, ok := all["raw"]; ok {
 			goals = append(goals, verdict("fnlet <= 1.5x raw (p50)", ratio(f.P50, raw.P50) <= 1.5, fmt.Sprintf("%.2fx", ratio(f.P50, raw.P50))))

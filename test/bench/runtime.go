@@ -107,6 +107,93 @@ func (w *ctrdWay) close() {
 	os.RemoveAll(w.ioRoot)
 }
 
+// ---- ctrd, warm ----
+
+// ctrdWarmWay runs each call in a pre-started container (ctrd.RunWarm):
+// claim, exit, delete. The container is made after the previous call,
+// outside the measurement, as a pool refills in the background.
+type ctrdWarmWay struct {
+	*ctrdWay
+	pool ctrd.WarmSpec
+}
+
+func newCtrdWarmWay(ctx context.Context, cfg config) (*ctrdWarmWay, error) {
+	if cfg.Init == "" {
+		return nil, fmt.Errorf("the ctrd-warm way needs -init (fnlet-init)")
+	}
+	cw, err := newCtrdWay(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	w := &ctrdWarmWay{ctrdWay: cw, pool: ctrd.WarmSpec{Pool: "bench", Image: cfg.Image}}
+	if _, err := cw.rt.EnsureImage(ctx, cfg.Image, ctrd.PullIfNotPresent, nil); err != nil {
+		w.close()
+		return nil, err
+	}
+	if _, err := cw.rt.Prestart(ctx, w.pool); err != nil {
+		w.close()
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *ctrdWarmWay) name() string { return "ctrd-warm" }
+
+func (w *ctrdWarmWay) call(ctx context.Context, id string) (sample, error) {
+	// Not the ctrd way's UID: both runtimes share the namespace, and each
+	// retains handles of the containers it lists.
+	uid := "bench-warm-" + id
+	t := newTimer()
+	call := ctrd.Call{UID: uid, Namespace: "bench", Name: "bench", Image: w.cfg.Image, Args: w.cfg.Args}
+	if _, miss, err := w.rt.RunWarm(ctx, call); err != nil || miss != "" {
+		_ = w.rt.Delete(context.WithoutCancel(ctx), uid)
+		return sample{}, fmt.Errorf("warm run: miss %q: %v", miss, err)
+	}
+	t.lap("Claim")
+	s, err := w.rt.Wait(ctx, uid)
+	if err != nil {
+		_ = w.rt.Delete(context.WithoutCancel(ctx), uid)
+		return sample{}, err
+	}
+	t.lap("Wait")
+	if err := w.rt.Delete(ctx, uid); err != nil {
+		return sample{}, err
+	}
+	t.lap("Delete")
+	if s.Result == nil || s.Result.ExitCode != 0 {
+		return sample{}, fmt.Errorf("call did not exit 0: %+v", s.Result)
+	}
+	os.RemoveAll(s.LogDir)
+	os.Remove(filepath.Join(w.ioRoot, ctrd.ContainerID(uid)))
+	smp := t.sample()
+	if _, err := w.rt.Prestart(ctx, w.pool); err != nil {
+		return sample{}, fmt.Errorf("refill: %w", err)
+	}
+	return smp, nil
+}
+
+// drain removes the spare pre-started containers, before the leftovers
+// are counted.
+func (w *ctrdWarmWay) drain(ctx context.Context) error {
+	ws, err := w.rt.WarmContainers(ctx)
+	if err != nil {
+		return err
+	}
+	for _, c := range ws {
+		if err := w.rt.DeleteWarm(ctx, c.ID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (w *ctrdWarmWay) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_ = w.drain(ctx)
+	w.ctrdWay.close()
+}
+
 // ---- raw containerd client ----
 
 // rawWay is the containerd client alone. Its knobs (-modes raw+spec+files+
