@@ -76,6 +76,9 @@ type FunctionCallReconciler struct {
 	KillGrace      time.Duration
 
 	Metrics *Metrics
+	// Pools, when set, lets calls run in pre-started containers (see
+	// FunctionPoolReconciler); nil runs every call cold.
+	Pools *Pools
 
 	// RunningWriteDelay is how long a started call may run before its
 	// Running status is written: a call that exits sooner goes straight to
@@ -291,13 +294,31 @@ func (r *FunctionCallReconciler) reportUnschedulable(ctx context.Context, fc *fn
 }
 
 // hasRoom checks the node's capacity against the calls it already runs.
+// Ready pre-started containers do not count: a call that needs their room
+// is claimed, and the pools shrink to the budget on their next pass.
 func (r *FunctionCallReconciler) hasRoom(ctx context.Context, fc *fnletv1.FunctionCall) (bool, error) {
+	active, mem, err := r.active(ctx)
+	if err != nil {
+		return false, err
+	}
+	r.Metrics.setRunning(active)
+	if r.Capacity.MaxCalls > 0 && active >= r.Capacity.MaxCalls {
+		return false, nil
+	}
+	if r.Capacity.MemoryBudgetBytes > 0 && mem+r.memoryOf(fc) > r.Capacity.MemoryBudgetBytes {
+		return false, nil
+	}
+	return true, nil
+}
+
+// active counts this node's unfinished calls and the memory they hold.
+func (r *FunctionCallReconciler) active(ctx context.Context) (int, int64, error) {
 	var list fnletv1.FunctionCallList
 	// Only the active calls (an index, see ActiveNodeIndex), read-only: with
 	// thousands of finished calls cached, listing and copying them all
 	// dominated claim time.
 	if err := r.Client.List(ctx, &list, client.MatchingFields{ActiveNodeIndex: r.NodeName}, client.UnsafeDisableDeepCopy); err != nil {
-		return false, fmt.Errorf("list calls: %w", err)
+		return 0, 0, fmt.Errorf("list calls: %w", err)
 	}
 	active, mem := 0, int64(0)
 	for i := range list.Items {
@@ -308,14 +329,7 @@ func (r *FunctionCallReconciler) hasRoom(ctx context.Context, fc *fnletv1.Functi
 		active++
 		mem += r.memoryOf(c)
 	}
-	r.Metrics.setRunning(active)
-	if r.Capacity.MaxCalls > 0 && active >= r.Capacity.MaxCalls {
-		return false, nil
-	}
-	if r.Capacity.MemoryBudgetBytes > 0 && mem+r.memoryOf(fc) > r.Capacity.MemoryBudgetBytes {
-		return false, nil
-	}
-	return true, nil
+	return active, mem, nil
 }
 
 func (r *FunctionCallReconciler) memoryOf(fc *fnletv1.FunctionCall) int64 {
@@ -411,7 +425,7 @@ func (r *FunctionCallReconciler) start(ctx context.Context, fc *fnletv1.Function
 	if err := r.ensureFinalizer(ctx, fc); err != nil {
 		return ctrl.Result{}, err
 	}
-	st, err := r.Runtime.Run(ctx, call)
+	st, err := r.run(ctx, fc, call)
 	if err != nil {
 		if isInvalidArgument(err) {
 			return r.fail(ctx, fc, fnletv1.ReasonInvalidSpec, err.Error())
@@ -428,6 +442,52 @@ func (r *FunctionCallReconciler) start(ctx context.Context, fc *fnletv1.Function
 		r.calls.started(fc, fc.Status.Attempts, r.Clock.Now())
 	}
 	return r.running(ctx, fc, st)
+}
+
+// WarmRunner is the runtime's warm start (ctrd.Runtime.RunWarm): the call
+// in a pre-started container of a pool it fits, or a miss and why.
+type WarmRunner interface {
+	RunWarm(ctx context.Context, call ctrd.Call) (ctrd.State, string, error)
+}
+
+// run starts the call in a pre-started container of a pool of its
+// namespace it fits (spec.pool, or any), else in a container of its own.
+// A miss is counted, never fatal.
+func (r *FunctionCallReconciler) run(ctx context.Context, fc *fnletv1.FunctionCall, call ctrd.Call) (ctrd.State, error) {
+	warm, ok := r.Runtime.(WarmRunner)
+	if !ok || r.Pools == nil {
+		return r.Runtime.Run(ctx, call)
+	}
+	if fc.Spec.Pool != "" {
+		call.Pools = []string{poolKey(fc.Namespace, fc.Spec.Pool)}
+	} else {
+		var pools fnletv1.FunctionPoolList
+		if err := r.Client.List(ctx, &pools, client.InNamespace(fc.Namespace), client.UnsafeDisableDeepCopy); err != nil {
+			return ctrd.State{}, fmt.Errorf("list pools: %w", err)
+		}
+		for i := range pools.Items {
+			call.Pools = append(call.Pools, poolKey(fc.Namespace, pools.Items[i].Name))
+		}
+	}
+	if len(call.Pools) == 0 {
+		return r.Runtime.Run(ctx, call)
+	}
+	st, miss, err := warm.RunWarm(ctx, call)
+	if err != nil {
+		return st, err
+	}
+	if miss == "" {
+		if st.Pool != "" {
+			r.Pools.taken(st.Pool)
+			r.Metrics.observeWarm("")
+		}
+		return st, nil
+	}
+	r.Metrics.observeWarm(miss)
+	if fc.Spec.Pool != "" {
+		r.Pools.missed(call.Pools[0])
+	}
+	return r.Runtime.Run(ctx, call)
 }
 
 // running handles a call whose container runs: its Running write once it
@@ -480,6 +540,10 @@ func (r *FunctionCallReconciler) applyStarted(fc *fnletv1.FunctionCall, st ctrd.
 	fc.Status.StartedAt = &started
 	fc.Status.ContainerID = st.ContainerID
 	fc.Status.LogDir = st.LogDir
+	fc.Status.Pool = ""
+	if st.Pool != "" {
+		fc.Status.Pool = splitPoolKey(st.Pool).Name
+	}
 	fc.Status.Attempts = max(fc.Status.Attempts, 1)
 	meta.RemoveStatusCondition(&fc.Status.Conditions, conditionRetrying)
 	setCondition(fc, fnletv1.ConditionImageReady, metav1.ConditionTrue, "ImagePresent", "image "+fc.Spec.Image+" is on the node")

@@ -17,6 +17,8 @@ type Metrics struct {
 	startToFinish prometheus.Histogram
 	pull          prometheus.Histogram
 	running       prometheus.Gauge
+	warm          *prometheus.CounterVec
+	prestart      prometheus.Histogram
 }
 
 // latencyBuckets span a fast call (tens of ms) to a long one (minutes).
@@ -43,10 +45,13 @@ func NewMetrics(reg prometheus.Registerer, capacity int, rt RuntimeCounters) *Me
 		startToFinish: h("start_to_finish_seconds", "Time from the container's start to the call's final status."),
 		pull:          h("image_pull_seconds", "Duration of image pulls that contacted a registry."),
 		running:       prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "fnlet", Name: "running_calls", Help: "Calls claimed by this node and not finished."}),
+		warm: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "fnlet", Name: "warm_starts_total",
+			Help: "Calls of namespaces with pools, by result (hit: run in a pre-started container; miss: run cold) and the miss's reason."}, []string{"result", "reason"}),
+		prestart: h("prestart_seconds", "Time to start one pre-started container of a pool (the refill)."),
 	}
 	capGauge := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "fnlet", Name: "capacity_calls", Help: "Maximum concurrent calls on this node."})
 	capGauge.Set(float64(capacity))
-	reg.MustRegister(m.calls, m.applyToClaim, m.claimToStart, m.startToFinish, m.pull, m.running, capGauge,
+	reg.MustRegister(m.calls, m.applyToClaim, m.claimToStart, m.startToFinish, m.pull, m.running, m.warm, m.prestart, capGauge,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "fnlet", Name: "event_stream_reconnects_total",
 			Help: "Reconnections of the containerd event stream."}, func() float64 { return float64(rt.Reconnects()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "fnlet", Name: "task_create_timeouts_total",
@@ -97,4 +102,24 @@ func (m *Metrics) setRunning(n int) {
 		return
 	}
 	m.running.Set(float64(n))
+}
+
+// observeWarm counts a call of a namespace with pools: a hit (miss empty)
+// or a miss and its reason (ctrd.Miss*).
+func (m *Metrics) observeWarm(miss string) {
+	if m == nil {
+		return
+	}
+	if miss == "" {
+		m.warm.WithLabelValues("hit", "").Inc()
+		return
+	}
+	m.warm.WithLabelValues("miss", miss).Inc()
+}
+
+func (m *Metrics) observePrestart(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.prestart.Observe(d.Seconds())
 }

@@ -49,6 +49,14 @@ var managerRoleAllowlist = map[string]string{
 	// the bearer token, and may they GET /metrics.
 	"authentication.k8s.io tokenreviews create":        "metrics filter: authenticate a scrape's token",
 	"authorization.k8s.io subjectaccessreviews create": "metrics filter: authorize GET /metrics",
+	// FunctionPools: the pool reconciler's informer and its GET from the
+	// cache; its only write is server-side apply of this node's entry of
+	// the status. No update, no write of a pool's spec.
+	"fnlet.dev functionpools get":          "FunctionPoolReconciler: the pool from the cache",
+	"fnlet.dev functionpools list":         "informer of the pools; run lists a namespace's pools",
+	"fnlet.dev functionpools watch":        "informer of the pools",
+	"fnlet.dev functionpools/status get":   "server-side apply reads the status it applies to",
+	"fnlet.dev functionpools/status patch": "FunctionPoolReconciler.writeStatus: this node's entry, server-side apply",
 }
 
 // namespaceReaderAllowlist is all that config/rbac/namespace_reader_role.yaml

@@ -154,6 +154,14 @@ type FunctionCallSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	TTLSecondsAfterFinished *int32 `json:"ttlSecondsAfterFinished,omitempty"`
 
+	// Pool names a FunctionPool of the call's namespace whose pre-started
+	// containers the call should use. Without it the call uses any pool of its
+	// namespace it fits. A call that does not fit the pool, or finds it empty,
+	// runs cold all the same.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	Pool string `json:"pool,omitempty"`
+
 	// Retries is how many times the call is run again after a failure that is
 	// not the function's fault (the node was lost, the runtime failed). A
 	// non-zero exit, an OOM kill or a timeout are never retried.
@@ -432,6 +440,12 @@ type FunctionCallStatus struct {
 	// +kubebuilder:validation:MaxLength=128
 	ContainerID string `json:"containerID,omitempty"`
 
+	// Pool is the FunctionPool whose pre-started container ran the current
+	// attempt; empty when it ran cold.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	Pool string `json:"pool,omitempty"`
+
 	// Attempts counts the runs started, retries included.
 	// +optional
 	// +kubebuilder:validation:Minimum=0
@@ -544,6 +558,7 @@ fails when a spec field has no rule here.
 // +kubebuilder:validation:XValidation:rule="oldSelf.?status.?nodeName.orValue('') == '' || has(self.spec.network) == has(oldSelf.spec.network) && (!has(self.spec.network) || self.spec.network == oldSelf.spec.network)",fieldPath=`.spec.network`,message="spec is immutable once the call is claimed by a node (only spec.cancel may change)"
 // +kubebuilder:validation:XValidation:rule="oldSelf.?status.?nodeName.orValue('') == '' || has(self.spec.securityContext) == has(oldSelf.spec.securityContext) && (!has(self.spec.securityContext) || self.spec.securityContext == oldSelf.spec.securityContext)",fieldPath=`.spec.securityContext`,message="spec is immutable once the call is claimed by a node (only spec.cancel may change)"
 // +kubebuilder:validation:XValidation:rule="oldSelf.?status.?nodeName.orValue('') == '' || has(self.spec.ttlSecondsAfterFinished) == has(oldSelf.spec.ttlSecondsAfterFinished) && (!has(self.spec.ttlSecondsAfterFinished) || self.spec.ttlSecondsAfterFinished == oldSelf.spec.ttlSecondsAfterFinished)",fieldPath=`.spec.ttlSecondsAfterFinished`,message="spec is immutable once the call is claimed by a node (only spec.cancel may change)"
+// +kubebuilder:validation:XValidation:rule="oldSelf.?status.?nodeName.orValue('') == '' || (has(self.spec.pool) ? self.spec.pool : '') == (has(oldSelf.spec.pool) ? oldSelf.spec.pool : '')",fieldPath=`.spec.pool`,message="spec is immutable once the call is claimed by a node (only spec.cancel may change)"
 // +kubebuilder:validation:XValidation:rule="oldSelf.?status.?nodeName.orValue('') == '' || has(self.spec.retries) == has(oldSelf.spec.retries) && (!has(self.spec.retries) || self.spec.retries == oldSelf.spec.retries)",fieldPath=`.spec.retries`,message="spec is immutable once the call is claimed by a node (only spec.cancel may change)"
 
 // FunctionCall runs a container image to completion on one fnlet node and

@@ -48,6 +48,8 @@ type options struct {
 	leaseNamespace                                               string
 	leaseDuration, leaseRenew, nodeLostGrace, claimStagger       time.Duration
 	metricsSecure                                                bool
+	pools                                                        bool
+	poolRefill                                                   float64
 	metricsCertDir                                               string
 }
 
@@ -89,6 +91,8 @@ func main() {
 	flag.DurationVar(&o.leaseRenew, "lease-renew-interval", 5*time.Second, "How often this node renews its Lease.")
 	flag.DurationVar(&o.nodeLostGrace, "node-lost-grace", 30*time.Second, "How long a node's Lease must have been expired before its calls are taken over (NodeLost); longer than a manager restart.")
 	flag.DurationVar(&o.claimStagger, "claim-stagger", controllers.DefaultClaimStagger, "Wait per rank before a node that is not first for a call claims it (negative: no ranking, every node races; for comparison only).")
+	flag.BoolVar(&o.pools, "pools", true, "Serve FunctionPools: keep their pre-started containers on this node and run fitting calls in them (needs fnlet-init).")
+	flag.Float64Var(&o.poolRefill, "pool-refill-rate", 5, "Most pre-started containers this node starts per second, all pools together.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -202,6 +206,13 @@ func run(ctx context.Context, o options) error {
 
 	cfg := ctrl.GetConfigOrDie()
 	managerUser := whoAmI(ctx, cfg)
+	var poolRT controllers.PoolRuntime
+	switch {
+	case o.pools && initBin != "":
+		poolRT = rt
+	case o.pools:
+		log.Info("WARNING: FunctionPools are not served: pre-started containers need fnlet-init", "flag", "--init-binary")
+	}
 	n, err := node.New(ctx, cfg, node.Options{
 		NodeName: o.nodeName, Runtime: rt, ManagerUser: managerUser,
 		Manager: ctrl.Options{
@@ -216,6 +227,7 @@ func run(ctx context.Context, o options) error {
 		DefaultTimeout: o.defaultTimeout, MaxTimeout: o.maxTimeout, KillGrace: o.killGrace,
 		LeaseNamespace: o.leaseNamespace, LeaseDuration: o.leaseDuration, LeaseRenew: o.leaseRenew,
 		NodeLostGrace: o.nodeLostGrace, ClaimStagger: o.claimStagger,
+		PoolRuntime: poolRT, PoolRefillPerSecond: o.poolRefill,
 	})
 	if err != nil {
 		return err

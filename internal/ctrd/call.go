@@ -32,6 +32,9 @@ type Call struct {
 	Privileged     bool
 	// OutputLimit caps stdout+stderr bytes; 0 uses the runtime default.
 	OutputLimit int64
+	// Pools are the pools (WarmSpec.Pool) whose pre-started containers
+	// RunWarm may give the call; none: any pool.
+	Pools []string
 }
 
 // User is a numeric uid/gid pair. Names are resolved by the image config
@@ -68,6 +71,9 @@ type State struct {
 	StartedAt   time.Time
 	// LogDir holds the call's stdout and stderr files.
 	LogDir string
+	// Pool is the pool whose pre-started container runs the call; empty for
+	// a container of its own.
+	Pool   string
 	Result *Result
 }
 

@@ -28,6 +28,9 @@ func (r *Runtime) State(ctx context.Context, callUID string) (State, error) {
 func (r *Runtime) state(ctx context.Context, h *callHandle) (State, error) {
 	d := r.dir(h.id)
 	s := State{Call: h.callRef(), ContainerID: h.id, LogDir: d.path, StartedAt: d.startedAt()}
+	if h.warm != nil {
+		s.Pool = h.warm.Pool
+	}
 	h.mu.Lock()
 	res, task := h.result, h.task
 	h.mu.Unlock()

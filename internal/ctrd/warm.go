@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -72,8 +73,9 @@ type WarmSpec struct {
 
 // WarmContainer is one pre-started container of a pool.
 type WarmContainer struct {
-	ID   string
-	Pool string
+	ID     string
+	Pool   string
+	Digest string // of the image it was made from
 	// Ready: its init waits for a call. A container not ready (its task
 	// gone, e.g. after a containerd restart) is to be deleted.
 	Ready bool
@@ -339,7 +341,7 @@ func (r *Runtime) takeWarm(digest string, call Call, uid, gid uint32) (*callHand
 		h.mu.Lock()
 		free := !h.claimed && h.ref.UID == "" && h.task != nil
 		h.mu.Unlock()
-		if h.warm.Digest != digest {
+		if h.warm.Digest != digest || len(call.Pools) > 0 && !slices.Contains(call.Pools, h.warm.Pool) {
 			continue
 		}
 		switch why := fits(*h.warm, call, uid, gid); {
@@ -503,7 +505,7 @@ func (r *Runtime) WarmContainers(ctx context.Context) ([]WarmContainer, error) {
 			continue
 		}
 		ready := h.getTask() != nil && !h.hasExited() && r.dir(h.id).waiting()
-		out = append(out, WarmContainer{ID: h.id, Pool: h.warm.Pool, Ready: ready})
+		out = append(out, WarmContainer{ID: h.id, Pool: h.warm.Pool, Digest: h.warm.Digest, Ready: ready})
 	}
 	return out, nil
 }

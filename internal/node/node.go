@@ -58,14 +58,23 @@ type Options struct {
 	LeaseRenew     time.Duration
 	NodeLostGrace  time.Duration
 	ClaimStagger   time.Duration
+
+	// PoolRuntime, when set, serves FunctionPools on this node (the
+	// runtime must then also implement controllers.WarmRunner); nil runs
+	// every call cold and ignores pools.
+	PoolRuntime controllers.PoolRuntime
+	// PoolRefillPerSecond bounds the node's pre-started container starts.
+	PoolRefillPerSecond float64
 }
 
 // Node is a wired, not yet started, node agent: Manager.Start runs it.
 type Node struct {
 	Manager    ctrl.Manager
 	Reconciler *controllers.FunctionCallReconciler
-	Lease      *controllers.NodeLease
-	Detector   *controllers.NodeLossDetector
+	// Pools is nil unless Options.PoolRuntime was set.
+	Pools    *controllers.FunctionPoolReconciler
+	Lease    *controllers.NodeLease
+	Detector *controllers.NodeLossDetector
 	// Unassigned is the cache of calls no node has claimed yet.
 	Unassigned cache.Cache
 	// Events wakes the reconciler for a call (the runtime's exit hints).
@@ -148,6 +157,17 @@ func New(ctx context.Context, cfg *rest.Config, o Options) (*Node, error) {
 		Limits:         o.Limits,
 		DefaultTimeout: o.DefaultTimeout, MaxTimeout: o.MaxTimeout, KillGrace: o.KillGrace,
 		Metrics: o.Metrics,
+	}
+	if o.PoolRuntime != nil {
+		pools := controllers.NewPools()
+		n.Reconciler.Pools = pools
+		n.Pools = &controllers.FunctionPoolReconciler{Client: mgr.GetClient(), Recorder: n.Reconciler.Recorder,
+			Runtime: o.PoolRuntime, Clock: clock.RealClock{}, NodeName: o.NodeName, NodeLabels: nodeLabels,
+			Capacity: o.Capacity, Limits: o.Limits, Calls: n.Reconciler, Pools: pools,
+			RefillPerSecond: o.PoolRefillPerSecond, Metrics: o.Metrics}
+		if err := n.Pools.SetupWithManager(mgr); err != nil {
+			return nil, fmt.Errorf("set up pool controller: %w", err)
+		}
 	}
 	if err := n.Reconciler.SetupWithManager(mgr, unassigned, n.Events, o.Workers); err != nil {
 		return nil, fmt.Errorf("set up controller: %w", err)
