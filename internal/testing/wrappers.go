@@ -436,3 +436,63 @@ func secretKey(name, key string) *corev1.SecretKeySelector {
 func configMapKey(name, key string) *corev1.ConfigMapKeySelector {
 	return &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: name}, Key: key}
 }
+
+// Pool names the FunctionPool the call should use.
+func (w *FunctionCallWrapper) Pool(name string) *FunctionCallWrapper {
+	w.Spec.Pool = name
+	return w
+}
+
+// FunctionPoolWrapper builds FunctionPools fluently.
+type FunctionPoolWrapper struct{ fnletv1alpha1.FunctionPool }
+
+// MakeFunctionPool is a pool of image with one container per node.
+func MakeFunctionPool(name, ns, image string) *FunctionPoolWrapper {
+	return &FunctionPoolWrapper{fnletv1alpha1.FunctionPool{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec:       fnletv1alpha1.FunctionPoolSpec{Image: image, Size: 1},
+	}}
+}
+
+// Obj returns the built pool.
+func (w *FunctionPoolWrapper) Obj() *fnletv1alpha1.FunctionPool { return &w.FunctionPool }
+
+// Size sets the ready containers per node.
+func (w *FunctionPoolWrapper) Size(n int32) *FunctionPoolWrapper {
+	w.Spec.Size = n
+	return w
+}
+
+// ImagePullPolicy sets the pool's pull policy.
+func (w *FunctionPoolWrapper) ImagePullPolicy(p corev1.PullPolicy) *FunctionPoolWrapper {
+	w.Spec.ImagePullPolicy = p
+	return w
+}
+
+// Memory sets the pool's memory class.
+func (w *FunctionPoolWrapper) Memory(q string) *FunctionPoolWrapper {
+	w.resources().Memory = ptr.To(resource.MustParse(q))
+	return w
+}
+
+// Pids sets the pool's pids class.
+func (w *FunctionPoolWrapper) Pids(n int64) *FunctionPoolWrapper {
+	w.resources().Pids = &n
+	return w
+}
+
+func (w *FunctionPoolWrapper) resources() *fnletv1alpha1.CallResources {
+	if w.Spec.Resources == nil {
+		w.Spec.Resources = &fnletv1alpha1.CallResources{}
+	}
+	return w.Spec.Resources
+}
+
+// NodeSelector adds a label the pool's nodes must carry.
+func (w *FunctionPoolWrapper) NodeSelector(k, v string) *FunctionPoolWrapper {
+	if w.Spec.NodeSelector == nil {
+		w.Spec.NodeSelector = map[string]string{}
+	}
+	w.Spec.NodeSelector[k] = v
+	return w
+}
