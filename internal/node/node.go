@@ -58,6 +58,9 @@ type Options struct {
 	LeaseRenew     time.Duration
 	NodeLostGrace  time.Duration
 	ClaimStagger   time.Duration
+	// LogAddress is where peers reach this node's log API (host:port),
+	// published on its Lease; empty for none.
+	LogAddress string
 }
 
 // Node is a wired, not yet started, node agent: Manager.Start runs it.
@@ -132,7 +135,7 @@ func New(ctx context.Context, cfg *rest.Config, o Options) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{Manager: mgr, Unassigned: unassigned, Events: make(chan event.GenericEvent, 1024)}
-	self := controllers.Node{Name: o.NodeName, Labels: nodeLabels, MaxMemoryBytes: o.Limits.MaxMemoryBytes, MaxMilliCPU: o.Limits.MaxMilliCPU}
+	self := controllers.Node{Name: o.NodeName, Labels: nodeLabels, MaxMemoryBytes: o.Limits.MaxMemoryBytes, MaxMilliCPU: o.Limits.MaxMilliCPU, LogAddress: o.LogAddress}
 	n.Lease = &controllers.NodeLease{Client: mgr.GetClient(), Namespace: o.LeaseNamespace, Node: self,
 		Duration: o.LeaseDuration, RenewInterval: o.LeaseRenew, Clock: clock.RealClock{}}
 	if err := mgr.Add(n.Lease); err != nil {
