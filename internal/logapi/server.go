@@ -68,6 +68,12 @@ const (
 
 var groupVersionPath = "/apis/" + Group + "/" + Version
 
+// Authorizer is the part of k8s.io/apiserver's authorizer.Authorizer the
+// server uses (the delegated SubjectAccessReview authorizer in a manager).
+type Authorizer interface {
+	Authorize(ctx context.Context, a authorizer.Attributes) (authorizer.Decision, string, error)
+}
+
 // Server answers log requests for the calls of one node and forwards the
 // others to their node.
 type Server struct {
@@ -84,7 +90,7 @@ type Server struct {
 	// Paths are the stdout and stderr files of a call on this node.
 	Paths func(callUID string) (stdout, stderr string)
 	Authn authenticator.Request
-	Authz authorizer.Authorizer
+	Authz Authorizer
 	// Peer is the client that forwards to other managers; nil: none.
 	Peer *http.Client
 	// Retention is said in the 410 answer for expired output.
