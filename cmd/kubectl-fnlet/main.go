@@ -62,10 +62,10 @@ func kubectlError(err error) string {
 func newRootCommand(streams genericclioptions.IOStreams) *cobra.Command {
 	flags := genericclioptions.NewConfigFlags(true)
 	root := &cobra.Command{
-		Use:   "fnlet",
+		Use: "fnlet",
 		// Help and usage say "kubectl fnlet ...", as the user types it.
 		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl fnlet"},
-		Short: "Run FunctionCalls and read their output",
+		Short:       "Run FunctionCalls and read their output",
 		Long: `kubectl fnlet runs fnlet FunctionCalls (fnlet.dev/v1alpha1) and reads their whole
 output through the log API (logs.fnlet.dev), which the kube-apiserver proxies to the
 fnlet manager of the call's node: it works wherever kubectl works, under your RBAC
