@@ -12,10 +12,17 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
@@ -37,8 +44,9 @@ func TestLogAPI(t *testing.T) {
 	addr := map[string]string{}
 	for i, node := range []string{"n1", "n2"} {
 		addr[node] = freeAddress(t)
+		_, port, _ := net.SplitHostPort(addr[node])
 		startManager(t, node, t.TempDir(), "--containerd-namespace", nodeNamespaces[i],
-			"--log-api-bind-address", addr[node], "--log-api-advertise-address", addr[node], "--log-retention", "1h")
+			"--log-api-bind-address", ":"+port, "--log-api-advertise-address", addr[node], "--log-retention", "1h")
 	}
 	reader := userClient(t, "log-reader")
 	outsider := userClient(t, "log-outsider")
@@ -130,6 +138,56 @@ func TestLogAPI(t *testing.T) {
 			if err := env.k8s.Get(ctx, key, &fc); err != nil || !fc.IsFinished() {
 				t.Errorf("via %s: follow ended before the call did (%s, %v)", via, fc.Status.Phase, err)
 			}
+		}
+	})
+	t.Run("through the apiserver (aggregated API)", func(t *testing.T) {
+		registerAPIService(t, addr["n2"])
+		for _, tc := range []struct {
+			user   string
+			params map[string]string
+			code   int
+			want   []byte
+		}{
+			{"log-outsider", nil, http.StatusForbidden, nil},
+			{"log-reader", nil, http.StatusOK, pattern.Bytes(pattern.Text, 50<<20)},
+			{"log-reader", map[string]string{"tailBytes": "100"}, http.StatusOK, pattern.Bytes(pattern.Text, 50<<20)[50<<20-100:]},
+			{"log-reader", map[string]string{"stream": "stderr", "follow": "true"}, http.StatusOK, []byte("done\n")},
+		} {
+			req := restClient(t, tc.user).Get().AbsPath(path("big"))
+			for k, v := range tc.params {
+				req = req.Param(k, v)
+			}
+			body, err := req.DoRaw(ctx)
+			if tc.code == http.StatusForbidden {
+				if !apierrors.IsForbidden(err) {
+					t.Errorf("%s %v: %v, want 403", tc.user, tc.params, err)
+				}
+				continue
+			}
+			if err != nil || !bytes.Equal(body, tc.want) {
+				t.Errorf("%s %v: %d bytes (%v), want %d bytes", tc.user, tc.params, len(body), err, len(tc.want))
+			}
+		}
+		// A running call on n1, followed through the apiserver and n2.
+		key := create(t, call("follow-apiserver", ns, "n1").Args("-stdout-text", "first", "-sleep", "3s").Obj())
+		r, err := restClient(t, "log-reader").Get().AbsPath(path(key.Name)).Param("follow", "true").Stream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		first := make([]byte, len("first\n"))
+		if _, err := io.ReadFull(r, first); err != nil || string(first) != "first\n" {
+			t.Fatalf("read %q, %v", first, err)
+		}
+		var fc fnletv1.FunctionCall
+		if err := env.k8s.Get(ctx, key, &fc); err != nil || fc.IsFinished() {
+			t.Errorf("the call had ended (%s, %v) when its first line arrived", fc.Status.Phase, err)
+		}
+		if rest, err := io.ReadAll(r); err != nil || len(rest) != 0 {
+			t.Errorf("after the first line %q, %v", rest, err)
+		}
+		if err := env.k8s.Get(ctx, key, &fc); err != nil || !fc.IsFinished() {
+			t.Errorf("follow ended before the call did (%s, %v)", fc.Status.Phase, err)
 		}
 	})
 	t.Run("no such call", func(t *testing.T) {
@@ -257,4 +315,96 @@ func clip(b []byte) string {
 		return fmt.Sprintf("%d %s: %s", st.Code, st.Reason, st.Message)
 	}
 	return string(b)
+}
+
+// restClient is a client of the apiserver as user.
+func restClient(t *testing.T, user string) rest.Interface {
+	t.Helper()
+	kc, err := env.api.Kubeconfig(envtest.User{Name: user})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs.Discovery().RESTClient()
+}
+
+// registerAPIService installs config/logapi's APIService with a Service
+// whose one endpoint is the manager at addr (on this host's first
+// non-loopback IPv4: an EndpointSlice may not point at loopback), and
+// waits for the apiserver to call it Available. It is removed when the
+// test ends: an unavailable APIService would keep namespaces from being
+// deleted.
+func registerAPIService(t *testing.T, addr string) {
+	t.Helper()
+	ctx := context.Background()
+	ip := hostIPv4(t)
+	_, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "fnlet-logs", Namespace: kubeapi.ManagerNamespace},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "https-logs", Port: 443, TargetPort: intstr.FromInt32(int32(port))}}}}
+	name, proto, p32 := "https-logs", corev1.ProtocolTCP, int32(port)
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "fnlet-logs-test", Namespace: kubeapi.ManagerNamespace,
+			Labels: map[string]string{discoveryv1.LabelServiceName: "fnlet-logs"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ip}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Protocol: &proto, Port: &p32}},
+	}
+	apiService := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+		"metadata": map[string]any{"name": "v1alpha1.logs.fnlet.dev"},
+		"spec": map[string]any{"group": "logs.fnlet.dev", "version": "v1alpha1", "groupPriorityMinimum": int64(1000),
+			"versionPriority": int64(15), "insecureSkipTLSVerify": true,
+			"service": map[string]any{"name": "fnlet-logs", "namespace": kubeapi.ManagerNamespace, "port": int64(443)}},
+	}}
+	for _, o := range []client.Object{svc, slice, apiService} {
+		if err := env.k8s.Create(ctx, o); err != nil {
+			t.Fatalf("create %T: %v", o, err)
+		}
+		t.Cleanup(func() { _ = env.k8s.Delete(context.Background(), o) })
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		got := &unstructured.Unstructured{}
+		got.SetGroupVersionKind(apiService.GroupVersionKind())
+		if err := env.k8s.Get(ctx, client.ObjectKey{Name: "v1alpha1.logs.fnlet.dev"}, got); err != nil {
+			t.Fatal(err)
+		}
+		conds, _, _ := unstructured.NestedSlice(got.Object, "status", "conditions")
+		for _, c := range conds {
+			m, _ := c.(map[string]any)
+			if m["type"] == "Available" && m["status"] == "True" {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("APIService not available: %v", m)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("APIService has no conditions")
+		}
+		<-time.After(200 * time.Millisecond)
+	}
+}
+
+func hostIPv4(t *testing.T) string {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() && !n.IP.IsLinkLocalUnicast() {
+			return n.IP.String()
+		}
+	}
+	t.Fatal("no non-loopback IPv4 address on this host for the APIService's endpoint")
+	return ""
 }

@@ -55,7 +55,8 @@ func runSuite(m *testing.M) int {
 		fmt.Println("integration suite skipped:", env.skip)
 		return m.Run()
 	}
-	api, err := kubeapi.StartSuite("fnlet-it")
+	// The aggregation layer: TestLogAPI reads output through the apiserver.
+	api, err := kubeapi.StartSuite("fnlet-it", kubeapi.Aggregation())
 	if err != nil {
 		fmt.Println(err)
 		return 1
