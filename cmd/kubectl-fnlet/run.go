@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -37,14 +38,14 @@ func newRunCommand(flags *genericclioptions.ConfigFlags, streams genericclioptio
 stdout and stderr live, and exit with the call's exit code. A call that could not
 run (image pull, invalid spec, ...) prints its reason and exits 125. Ctrl-C
 cancels the call (and deletes it with --rm) and exits 130.`,
-		Example: `  # Run the image's default command
+		Example: `  # Run the image's default command, delete the call afterwards
   kubectl fnlet run localhost/fnlet/testfn:v1 --rm
 
-  # Arguments after --, stdin from a file, limits
-  kubectl fnlet run localhost/fnlet/testfn:v1 --stdin input.json --memory 64Mi --cpu 500m --timeout 30s -- /testfn cat
+  # Arguments (the image's CMD) after --; stdin from a file; limits
+  kubectl fnlet run localhost/fnlet/testfn:v1 --stdin input.json --memory 64Mi --cpu 500m --timeout 30s -- -stdin-echo
 
-  # stdin from a pipe, environment
-  echo hello | kubectl fnlet run localhost/fnlet/testfn:v1 --stdin - -e GREETING=hi --rm -- /testfn cat`,
+  # stdin from a pipe, an environment variable, another entrypoint
+  echo hello | kubectl fnlet run localhost/fnlet/busybox:v1 --stdin - -e GREETING=hi --command sh --rm -- -c 'echo $GREETING; cat'`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := newClients(flags)
@@ -151,7 +152,15 @@ func run(ctx context.Context, c *clients, fc *fnletv1.FunctionCall, o runOptions
 	done := make(chan result, 1)
 	logsDone := make(chan error, 2)
 	go func() {
-		f, err := c.waitFinished(runCtx, fc.Name)
+		// A call no node can take waits; say why, once per new reason.
+		var said string
+		f, err := c.waitFinishedNotify(runCtx, fc.Name, func(fc *fnletv1.FunctionCall) {
+			cond := meta.FindStatusCondition(fc.Status.Conditions, fnletv1.ConditionClaimed)
+			if cond != nil && cond.Status == metav1.ConditionFalse && cond.Message != said {
+				said = cond.Message
+				fmt.Fprintf(streams.ErrOut, "waiting: %s: %s\n", cond.Reason, cond.Message)
+			}
+		})
 		done <- result{f, err}
 	}()
 	for _, s := range []struct {

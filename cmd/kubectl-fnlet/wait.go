@@ -51,6 +51,12 @@ func newWaitCommand(flags *genericclioptions.ConfigFlags, streams genericcliopti
 
 // waitFinished watches the call until it has ended.
 func (c *clients) waitFinished(ctx context.Context, name string) (*fnletv1.FunctionCall, error) {
+	return c.waitFinishedNotify(ctx, name, nil)
+}
+
+// waitFinishedNotify is waitFinished that shows notify every unfinished
+// version of the call it sees.
+func (c *clients) waitFinishedNotify(ctx context.Context, name string, notify func(*fnletv1.FunctionCall)) (*fnletv1.FunctionCall, error) {
 	for {
 		var list fnletv1.FunctionCallList
 		sel := client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("metadata.name", name)}
@@ -62,13 +68,15 @@ func (c *clients) waitFinished(ctx context.Context, name string) (*fnletv1.Funct
 		}
 		if fc := &list.Items[0]; fc.IsFinished() {
 			return fc, nil
+		} else if notify != nil {
+			notify(fc)
 		}
 		w, err := c.calls.Watch(ctx, &fnletv1.FunctionCallList{}, client.InNamespace(c.namespace), sel,
 			&client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: list.ResourceVersion}})
 		if err != nil {
 			return nil, err
 		}
-		fc, err := untilFinished(ctx, w)
+		fc, err := untilFinished(ctx, w, notify)
 		w.Stop()
 		if fc != nil || err != nil {
 			return fc, err
@@ -77,7 +85,7 @@ func (c *clients) waitFinished(ctx context.Context, name string) (*fnletv1.Funct
 	}
 }
 
-func untilFinished(ctx context.Context, w watch.Interface) (*fnletv1.FunctionCall, error) {
+func untilFinished(ctx context.Context, w watch.Interface, notify func(*fnletv1.FunctionCall)) (*fnletv1.FunctionCall, error) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -93,8 +101,13 @@ func untilFinished(ctx context.Context, w watch.Interface) (*fnletv1.FunctionCal
 			case watch.Error:
 				return nil, apierrors.FromObject(ev.Object)
 			}
-			if fc, ok := ev.Object.(*fnletv1.FunctionCall); ok && fc.IsFinished() {
-				return fc, nil
+			if fc, ok := ev.Object.(*fnletv1.FunctionCall); ok {
+				if fc.IsFinished() {
+					return fc, nil
+				}
+				if notify != nil {
+					notify(fc)
+				}
 			}
 		}
 	}
