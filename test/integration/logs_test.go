@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -8,10 +9,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/fsnotify/fsnotify"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -407,4 +412,91 @@ func hostIPv4(t *testing.T) string {
 	}
 	t.Fatal("no non-loopback IPv4 address on this host for the APIService's endpoint")
 	return ""
+}
+
+// TestLogFollowLatency measures a follow (not asserted, logged): the time
+// from a line reaching the call's stdout file (seen by inotify here, on
+// the node) to its arrival at a client of the log API, forwarded through
+// a second manager, as the p50 and p95 of 200 lines written 10 ms apart.
+func TestLogFollowLatency(t *testing.T) {
+	requireEnv(t)
+	ns := newNamespace(t)
+	grantAuthReader(t)
+	addr := map[string]string{}
+	for i, node := range []string{"n1", "n2"} {
+		addr[node] = freeAddress(t)
+		_, port, _ := net.SplitHostPort(addr[node])
+		startManager(t, node, t.TempDir(), "--containerd-namespace", nodeNamespaces[i],
+			"--log-api-bind-address", ":"+port, "--log-api-advertise-address", addr[node])
+	}
+	bindLogReader(t, ns, "log-reader")
+	reader := userClient(t, "log-reader")
+	const lines = 200
+	key := create(t, call("ticker", ns, "n1").Image("localhost/fnlet/busybox:v1").Command("sh", "-c",
+		fmt.Sprintf(`sleep 1; for i in $(seq %d); do echo line-$i; sleep 0.01; done`, lines)).Obj())
+	fc := env.calls.WaitRunning(t, key, time.Minute)
+	stdout := filepath.Join(fc.Status.LogDir, "stdout")
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.Add(stdout); err != nil {
+		t.Fatal(err)
+	}
+	// ends[i] is the offset after line i+1; written[i] when the file first
+	// held it.
+	var ends []int64
+	var off int64
+	for i := 1; i <= lines; i++ {
+		off += int64(len(fmt.Sprintf("line-%d\n", i)))
+		ends = append(ends, off)
+	}
+	written := make([]time.Time, lines)
+	fi, err := os.Stat(stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := fi.Size() // lines already written have no write time: skipped
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for range w.Events {
+			now := time.Now()
+			fi, err := os.Stat(stdout)
+			if err != nil {
+				return
+			}
+			for i, e := range ends {
+				if e > known && e <= fi.Size() && written[i].IsZero() {
+					written[i] = now
+				}
+			}
+		}
+	}()
+	resp := open(t, reader, addr["n2"], "/apis/logs.fnlet.dev/v1alpha1/namespaces/"+ns+"/functioncalls/ticker/log?follow=true")
+	defer resp.Body.Close()
+	arrived := make([]time.Time, lines)
+	br := bufio.NewReader(resp.Body)
+	for i := range lines {
+		if _, err := br.ReadString('\n'); err != nil {
+			t.Fatalf("line %d: %v", i+1, err)
+		}
+		arrived[i] = time.Now()
+	}
+	env.calls.WaitFinished(t, key, time.Minute)
+	w.Close()
+	<-watched
+	var lat []time.Duration
+	for i := range lines {
+		if ends[i] > known && !written[i].IsZero() && !arrived[i].Before(written[i]) {
+			lat = append(lat, arrived[i].Sub(written[i]))
+		}
+	}
+	if len(lat) < lines/2 {
+		t.Fatalf("only %d of %d lines measured", len(lat), lines)
+	}
+	slices.Sort(lat)
+	t.Logf("follow latency, file write → client (via a second manager), %d lines: p50 %s p95 %s max %s",
+		len(lat), lat[len(lat)/2], lat[len(lat)*95/100], lat[len(lat)-1])
 }
