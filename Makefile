@@ -21,6 +21,7 @@ lint: vet
 .PHONY: build
 build:
 	go build -o $(LOCALBIN)/manager ./cmd/manager
+	go build -o $(LOCALBIN)/kubectl-fnlet ./cmd/kubectl-fnlet
 
 ##@ Dependencies and local daemons
 

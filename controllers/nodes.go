@@ -33,6 +33,7 @@ const (
 	annNodeLabels = "fnlet.dev/node-labels"
 	annMaxMemory  = "fnlet.dev/max-memory-bytes"
 	annMaxCPU     = "fnlet.dev/max-millicpu"
+	annLogAddress = "fnlet.dev/log-address"
 )
 
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update,namespace=fnlet-system
@@ -43,6 +44,10 @@ type Node struct {
 	Labels         labels.Set
 	MaxMemoryBytes int64 // 0: no maximum
 	MaxMilliCPU    int64 // 0: no maximum
+	// LogAddress is host:port of the node's log API (internal/logapi),
+	// where a peer forwards a request for a call of this node; empty when
+	// the node serves none.
+	LogAddress string
 	// ExpiresAt is when the Lease runs out unless renewed; a released
 	// Lease has expired at its release.
 	ExpiresAt time.Time
@@ -87,6 +92,7 @@ func nodeOf(l *coordinationv1.Lease) (Node, bool) {
 	_ = json.Unmarshal([]byte(l.Annotations[annNodeLabels]), &n.Labels)
 	n.MaxMemoryBytes, _ = strconv.ParseInt(l.Annotations[annMaxMemory], 10, 64)
 	n.MaxMilliCPU, _ = strconv.ParseInt(l.Annotations[annMaxCPU], 10, 64)
+	n.LogAddress = l.Annotations[annLogAddress]
 	return n, true
 }
 
@@ -344,6 +350,11 @@ func (l *NodeLease) write(ctx context.Context, d time.Duration) error {
 	lease.Annotations[annNodeLabels] = string(lbl)
 	lease.Annotations[annMaxMemory] = strconv.FormatInt(l.Node.MaxMemoryBytes, 10)
 	lease.Annotations[annMaxCPU] = strconv.FormatInt(l.Node.MaxMilliCPU, 10)
+	if l.Node.LogAddress != "" {
+		lease.Annotations[annLogAddress] = l.Node.LogAddress
+	} else {
+		delete(lease.Annotations, annLogAddress)
+	}
 	if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != l.Node.Name || lease.Spec.AcquireTime == nil {
 		lease.Spec.AcquireTime = &now
 	}

@@ -47,16 +47,19 @@ var managerRoleAllowlist = map[string]string{
 	// The metrics endpoint's filter (cmd/manager metricsOptions,
 	// controller-runtime's WithAuthenticationAndAuthorization): who sent
 	// the bearer token, and may they GET /metrics.
-	"authentication.k8s.io tokenreviews create":        "metrics filter: authenticate a scrape's token",
-	"authorization.k8s.io subjectaccessreviews create": "metrics filter: authorize GET /metrics",
+	"authentication.k8s.io tokenreviews create": "metrics filter: authenticate a scrape's token",
 	// FunctionPools: the pool reconciler's informer and its GET from the
 	// cache; its only write is server-side apply of this node's entry of
 	// the status. No update, no write of a pool's spec.
-	"fnlet.dev functionpools get":          "FunctionPoolReconciler: the pool from the cache",
-	"fnlet.dev functionpools list":         "informer of the pools; run lists a namespace's pools",
-	"fnlet.dev functionpools watch":        "informer of the pools",
-	"fnlet.dev functionpools/status get":   "server-side apply reads the status it applies to",
-	"fnlet.dev functionpools/status patch": "FunctionPoolReconciler.writeStatus: this node's entry, server-side apply",
+	"fnlet.dev functionpools get":                      "FunctionPoolReconciler: the pool from the cache",
+	"fnlet.dev functionpools list":                     "informer of the pools; run lists a namespace's pools",
+	"fnlet.dev functionpools watch":                    "informer of the pools",
+	"fnlet.dev functionpools/status get":               "server-side apply reads the status it applies to",
+	"fnlet.dev functionpools/status patch":             "FunctionPoolReconciler.writeStatus: this node's entry, server-side apply",
+	"authorization.k8s.io subjectaccessreviews create": "metrics filter: authorize GET /metrics; log API: authorize get functioncalls/log",
+	// A manager forwards a log request to the call's node as itself; that
+	// manager authorizes it like any user (internal/logapi).
+	"logs.fnlet.dev functioncalls/log get": "logapi forward: the peer manager authorizes the forwarding manager",
 }
 
 // namespaceReaderAllowlist is all that config/rbac/namespace_reader_role.yaml
@@ -124,6 +127,38 @@ func TestUnitMetricsReaderRole(t *testing.T) {
 	if len(r.APIGroups)+len(r.Resources)+len(r.ResourceNames) > 0 ||
 		!reflect.DeepEqual(r.NonResourceURLs, []string{"/metrics"}) || !reflect.DeepEqual(r.Verbs, []string{"get"}) {
 		t.Errorf("rule %+v, want only nonResourceURLs [/metrics] verbs [get]", r)
+	}
+}
+
+// logReaderAllowlist is all that config/rbac/log_reader_role.yaml grants:
+// reading calls' output through the log API, nothing else.
+var logReaderAllowlist = map[string]string{
+	"logs.fnlet.dev functioncalls/log get": "internal/logapi: whole, offset, tail, follow",
+}
+
+// TestUnitLogReaderRole checks the ClusterRole users bind to read output.
+func TestUnitLogReaderRole(t *testing.T) {
+	role := readClusterRole(t, "log_reader_role.yaml", "fnlet-log-reader")
+	checkGrants(t, role, logReaderAllowlist, "config/rbac/log_reader_role.yaml grants more than the log API needs", "config/rbac/log_reader_role.yaml lacks")
+}
+
+// TestUnitManagerAuthReader checks the manager's one binding outside its
+// namespace: the built-in reader of the apiserver's front-proxy CA, in
+// kube-system, which the log API's delegated authentication needs.
+func TestUnitManagerAuthReader(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "config", "manager", "auth_reader_rolebinding.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rb rbacv1.RoleBinding
+	if err := yaml.UnmarshalStrict(b, &rb); err != nil {
+		t.Fatal(err)
+	}
+	if rb.Namespace != "kube-system" || rb.RoleRef.Kind != "Role" || rb.RoleRef.Name != "extension-apiserver-authentication-reader" {
+		t.Errorf("RoleBinding %s/%s to %s %s, want kube-system to Role extension-apiserver-authentication-reader", rb.Namespace, rb.Name, rb.RoleRef.Kind, rb.RoleRef.Name)
+	}
+	if len(rb.Subjects) != 1 || rb.Subjects[0].Kind != rbacv1.ServiceAccountKind || rb.Subjects[0].Name != "fnlet-manager" || rb.Subjects[0].Namespace != "fnlet-system" {
+		t.Errorf("subjects %+v, want only the manager's service account", rb.Subjects)
 	}
 }
 

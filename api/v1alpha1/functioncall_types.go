@@ -99,6 +99,10 @@ type FunctionCallSpec struct {
 
 	// Input is written to the process's stdin, which is then closed. Without
 	// Input the process reads end-of-file from stdin at once.
+	// Inputs over about 190 KiB need `kubectl create` or
+	// `kubectl apply --server-side` (or `kubectl fnlet run --stdin`):
+	// client-side `kubectl apply` copies the whole object into its
+	// last-applied-configuration annotation, which is capped at 256 KiB.
 	// +optional
 	Input *Input `json:"input,omitempty"`
 
@@ -208,6 +212,9 @@ type EnvVarSource struct {
 }
 
 // Input is the stdin of the process. Exactly one source must be set.
+// Inline inputs over about 190 KiB need `kubectl create` or
+// `kubectl apply --server-side`: client-side `kubectl apply` keeps a copy of
+// the object in an annotation capped at 256 KiB.
 // +kubebuilder:validation:XValidation:rule="[has(self.data), has(self.binaryData), has(self.secretKeyRef), has(self.configMapKeyRef)].filter(x, x).size() == 1",message="input must set exactly one of data, binaryData, secretKeyRef or configMapKeyRef"
 type Input struct {
 	// Data is UTF-8 text fed to stdin as is, at most 1 MiB. Omit Input

@@ -8,9 +8,11 @@ import (
 	"crypto/x509"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -18,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	authenticationv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -27,6 +30,7 @@ import (
 
 	"github.com/fnlet/fnlet/controllers"
 	"github.com/fnlet/fnlet/internal/ctrd"
+	"github.com/fnlet/fnlet/internal/logapi"
 	"github.com/fnlet/fnlet/internal/node"
 )
 
@@ -51,6 +55,7 @@ type options struct {
 	pools                                                        bool
 	poolRefill                                                   float64
 	metricsCertDir                                               string
+	logAPIAddr, logAPICertDir, logAPIAdvertise, logAPIPeerCA     string
 }
 
 func main() {
@@ -84,6 +89,10 @@ func main() {
 	flag.StringVar(&o.metricsAddr, "metrics-bind-address", ":8443", "Prometheus metrics address (0 disables).")
 	flag.BoolVar(&o.metricsSecure, "metrics-secure", true, "Serve metrics over HTTPS, only to clients the apiserver authenticates (TokenReview) and authorizes for GET /metrics (SubjectAccessReview; the ClusterRole fnlet-metrics-reader). false serves plain HTTP to anyone who reaches the port: for local tests on 127.0.0.1 only.")
 	flag.StringVar(&o.metricsCertDir, "metrics-cert-dir", "", "Directory with tls.crt and tls.key for the metrics server, reloaded when they change (default: a self-signed certificate made at start).")
+	flag.StringVar(&o.logAPIAddr, "log-api-bind-address", "0", "HTTPS address of the log API, e.g. :8444 (internal/logapi: a call's whole output through the APIService v1alpha1.logs.fnlet.dev, with delegated authentication and authorization; the DaemonSet sets it); 0 disables.")
+	flag.StringVar(&o.logAPICertDir, "log-api-cert-dir", "", "Directory with tls.crt and tls.key for the log API (default: a self-signed certificate made at start).")
+	flag.StringVar(&o.logAPIAdvertise, "log-api-advertise-address", "", "host:port where peer managers reach this node's log API, published on the node's Lease (default $POD_IP and the bind port; none without POD_IP: then requests for this node's calls are answered only when they arrive here).")
+	flag.StringVar(&o.logAPIPeerCA, "log-api-peer-ca", "", "PEM CA that signed the peers' --log-api-cert-dir certificates; without it a forwarded request does not verify the peer's certificate.")
 	flag.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Health probe address.")
 	flag.StringVar(&o.pprofAddr, "pprof-bind-address", "", "Serve net/http/pprof here (empty disables), for profiling under load.")
 	flag.StringVar(&o.leaseNamespace, "lease-namespace", envOr("POD_NAMESPACE", "fnlet-system"), "Namespace of the node Leases (default $POD_NAMESPACE, else fnlet-system).")
@@ -97,6 +106,7 @@ func main() {
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	klog.SetLogger(ctrl.Log.WithName("k8s")) // k8s.io/apiserver's logs (log API)
 
 	if err := run(ctrl.SetupSignalHandler(), o); err != nil {
 		ctrl.Log.Error(err, "manager failed")
@@ -213,6 +223,10 @@ func run(ctx context.Context, o options) error {
 	case o.pools:
 		log.Info("WARNING: FunctionPools are not served: pre-started containers need fnlet-init", "flag", "--init-binary")
 	}
+	logs, err := prepareLogAPI(o)
+	if err != nil {
+		return err
+	}
 	n, err := node.New(ctx, cfg, node.Options{
 		NodeName: o.nodeName, Runtime: rt, ManagerUser: managerUser,
 		Manager: ctrl.Options{
@@ -228,6 +242,7 @@ func run(ctx context.Context, o options) error {
 		LeaseNamespace: o.leaseNamespace, LeaseDuration: o.leaseDuration, LeaseRenew: o.leaseRenew,
 		NodeLostGrace: o.nodeLostGrace, ClaimStagger: o.claimStagger,
 		PoolRuntime: poolRT, PoolRefillPerSecond: o.poolRefill,
+		LogAddress: logs.advertise,
 	})
 	if err != nil {
 		return err
@@ -239,6 +254,21 @@ func run(ctx context.Context, o options) error {
 	if err := mgr.Add(&controllers.OrphanCollector{Runtime: rt, APIReader: mgr.GetAPIReader(), NodeName: o.nodeName,
 		Interval: time.Minute, LogRetention: o.logRetention, LogKeep: o.logKeep}); err != nil {
 		return err
+	}
+	if logs.serving != nil {
+		peer, err := logapi.PeerClient(cfg, o.logAPIPeerCA)
+		if err != nil {
+			return fmt.Errorf("log API peer client: %w", err)
+		}
+		srv := logs.server
+		srv.NodeName, srv.Calls, srv.APIReader, srv.Peer = o.nodeName, mgr.GetClient(), mgr.GetAPIReader(), peer
+		srv.Nodes = controllers.LeaseNodes{Reader: mgr.GetClient(), Namespace: o.leaseNamespace}
+		srv.Paths = rt.LogPaths
+		srv.Retention = fmt.Sprintf("finished calls' output is kept for --log-retention=%s, at most --log-keep=%d calls", o.logRetention, o.logKeep)
+		srv.Log = ctrl.Log.WithName("logapi")
+		if err := mgr.Add(logapi.Runnable{Serving: logs.serving, Server: srv}); err != nil {
+			return err
+		}
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
@@ -252,6 +282,39 @@ func run(ctx context.Context, o options) error {
 	log.Info("starting manager", "node", o.nodeName, "user", managerUser, "containerd", o.containerdAddress, "namespace", o.containerdNamespace, "runtime", o.ociRuntime, "init", initBin)
 	return mgr.Start(ctx)
 }
+
+type logAPI struct {
+	serving   *logapi.Serving
+	server    *logapi.Server
+	advertise string
+}
+
+// prepareLogAPI listens for the log API of --log-api-* and builds its
+// delegated authentication and authorization; nothing with "0".
+func prepareLogAPI(o options) (logAPI, error) {
+	if o.logAPIAddr == "0" || o.logAPIAddr == "" {
+		return logAPI{}, nil
+	}
+	kubeconfig := os.Getenv("KUBECONFIG")
+	if f := flag.Lookup("kubeconfig"); f != nil && f.Value.String() != "" {
+		kubeconfig = f.Value.String()
+	}
+	l := logAPI{serving: &logapi.Serving{BindAddress: o.logAPIAddr, CertDir: o.logAPICertDir, Kubeconfig: kubeconfig}, server: &logapi.Server{}}
+	if err := l.serving.Prepare(l.server); err != nil {
+		return logAPI{}, err
+	}
+	l.advertise = o.logAPIAdvertise
+	if ip := os.Getenv("POD_IP"); l.advertise == "" && ip != "" {
+		l.advertise = net.JoinHostPort(ip, strconv.Itoa(l.serving.Port()))
+	}
+	return l, nil
+}
+
+// The log API reads the front-proxy CA the apiserver publishes (granted by
+// a RoleBinding to extension-apiserver-authentication-reader in
+// kube-system, config/rbac), and a manager that forwards a request to the
+// call's node is authorized there like any user:
+// +kubebuilder:rbac:groups=logs.fnlet.dev,resources=functioncalls/log,verbs=get
 
 // The metrics endpoint authenticates its clients with TokenReviews and
 // authorizes them with SubjectAccessReviews (metricsOptions).

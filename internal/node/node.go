@@ -65,6 +65,9 @@ type Options struct {
 	PoolRuntime controllers.PoolRuntime
 	// PoolRefillPerSecond bounds the node's pre-started container starts.
 	PoolRefillPerSecond float64
+	// LogAddress is where peers reach this node's log API (host:port),
+	// published on its Lease; empty for none.
+	LogAddress string
 }
 
 // Node is a wired, not yet started, node agent: Manager.Start runs it.
@@ -141,7 +144,7 @@ func New(ctx context.Context, cfg *rest.Config, o Options) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{Manager: mgr, Unassigned: unassigned, Events: make(chan event.GenericEvent, 1024)}
-	self := controllers.Node{Name: o.NodeName, Labels: nodeLabels, MaxMemoryBytes: o.Limits.MaxMemoryBytes, MaxMilliCPU: o.Limits.MaxMilliCPU}
+	self := controllers.Node{Name: o.NodeName, Labels: nodeLabels, MaxMemoryBytes: o.Limits.MaxMemoryBytes, MaxMilliCPU: o.Limits.MaxMilliCPU, LogAddress: o.LogAddress}
 	n.Lease = &controllers.NodeLease{Client: mgr.GetClient(), Namespace: o.LeaseNamespace, Node: self,
 		Duration: o.LeaseDuration, RenewInterval: o.LeaseRenew, Clock: clock.RealClock{}}
 	if err := mgr.Add(n.Lease); err != nil {

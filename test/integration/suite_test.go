@@ -30,6 +30,7 @@ var env struct {
 	ctrdNS      string
 	workDir     string
 	calls       calls.Env
+	api         *kubeapi.Suite // users for the log API tests
 }
 
 const testImage = "localhost/fnlet/testfn:v1"
@@ -54,12 +55,13 @@ func runSuite(m *testing.M) int {
 		fmt.Println("integration suite skipped:", env.skip)
 		return m.Run()
 	}
-	api, err := kubeapi.StartSuite("fnlet-it")
+	// The aggregation layer: TestLogAPI reads output through the apiserver.
+	api, err := kubeapi.StartSuite("fnlet-it", kubeapi.Aggregation())
 	if err != nil {
 		fmt.Println(err)
 		return 1
 	}
-	env.workDir, env.managerBin = api.Dir, api.ManagerBin
+	env.workDir, env.managerBin, env.api = api.Dir, api.ManagerBin, api
 	defer api.Stop()
 	// The manager runs as a plain user bound to the generated ClusterRole.
 	env.k8s, env.kubeconfig = api.Client, api.ManagerKubeconfig

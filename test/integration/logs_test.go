@@ -1,0 +1,526 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/internal/logapi"
+	"github.com/fnlet/fnlet/internal/testenv/kubeapi"
+	"github.com/fnlet/fnlet/test/testfn/pattern"
+)
+
+// TestLogAPI runs two managers serving the log API and reads calls'
+// output from them as users the real apiserver authenticates (client
+// certificates, delegated authentication) and authorizes (RBAC through
+// SubjectAccessReviews): the manager's side of the aggregated API, where
+// the apiserver's front proxy would send the same requests.
+func TestLogAPI(t *testing.T) {
+	requireEnv(t)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	grantAuthReader(t)
+	addr := map[string]string{}
+	for i, node := range []string{"n1", "n2"} {
+		addr[node] = freeAddress(t)
+		_, port, _ := net.SplitHostPort(addr[node])
+		startManager(t, node, t.TempDir(), "--containerd-namespace", nodeNamespaces[i],
+			"--log-api-bind-address", ":"+port, "--log-api-advertise-address", addr[node], "--log-retention", "1h")
+	}
+	reader := userClient(t, "log-reader")
+	outsider := userClient(t, "log-outsider")
+	bindLogReader(t, ns, "log-reader")
+
+	big := create(t, call("big", ns, "n1").Args("-stdout-bytes", "50M", "-stderr-text", "done").Obj())
+	env.calls.WaitFinished(t, big, 3*time.Minute)
+	path := func(name string) string {
+		return "/apis/logs.fnlet.dev/v1alpha1/namespaces/" + ns + "/functioncalls/" + name + "/log"
+	}
+
+	t.Run("anonymous is refused", func(t *testing.T) {
+		anon := userClientInsecureAnonymous(t)
+		code, body := getLog(t, anon, addr["n1"], path("big"))
+		if code != http.StatusUnauthorized {
+			t.Errorf("anonymous: %d %s, want 401", code, clip(body))
+		}
+	})
+	t.Run("a user without the verb gets 403", func(t *testing.T) {
+		code, body := getLog(t, outsider, addr["n1"], path("big"))
+		if code != http.StatusForbidden || !bytes.Contains(body, []byte(`cannot get resource \"functioncalls/log\"`)) {
+			t.Errorf("outsider: %d %s, want 403 naming functioncalls/log", code, clip(body))
+		}
+	})
+	t.Run("50 MiB read back byte-exact", func(t *testing.T) {
+		start := time.Now()
+		code, body := getLog(t, reader, addr["n1"], path("big"))
+		took := time.Since(start)
+		if code != http.StatusOK {
+			t.Fatalf("%d %s", code, clip(body))
+		}
+		if err := pattern.Check(pattern.Text, 50<<20, body); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("50 MiB straight from the manager in %s (%.0f MiB/s)", took.Round(time.Millisecond), 50/took.Seconds())
+	})
+	t.Run("forwarded from the other node, byte-exact", func(t *testing.T) {
+		code, body := getLog(t, reader, addr["n2"], path("big"))
+		if code != http.StatusOK {
+			t.Fatalf("%d %s", code, clip(body))
+		}
+		if err := pattern.Check(pattern.Text, 50<<20, body); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("offset and tail", func(t *testing.T) {
+		const n = 50 << 20
+		for _, tc := range []struct {
+			query string
+			from  int64
+		}{
+			{"?offset=1000", 1000},
+			{"?tailBytes=4096", n - 4096},
+			{"?offset=" + strconv.Itoa(n-10), n - 10},
+		} {
+			code, body := getLog(t, reader, addr["n1"], path("big")+tc.query)
+			if code != http.StatusOK {
+				t.Fatalf("%s: %d %s", tc.query, code, clip(body))
+			}
+			want := pattern.Bytes(pattern.Text, n)[tc.from:]
+			if !bytes.Equal(body, want) {
+				t.Errorf("%s: %d bytes, want the %d from %d", tc.query, len(body), len(want), tc.from)
+			}
+		}
+		code, body := getLog(t, reader, addr["n2"], path("big")+"?stream=stderr")
+		if code != http.StatusOK || string(body) != "done\n" {
+			t.Errorf("stderr: %d %q", code, clip(body))
+		}
+	})
+	t.Run("follow of a running call, from either node", func(t *testing.T) {
+		for _, via := range []string{"n1", "n2"} {
+			key := create(t, call("follow-"+via, ns, "n1").Args("-stdout-text", "first", "-sleep", "3s").Obj())
+			resp := open(t, reader, addr[via], path(key.Name)+"?follow=true")
+			first := make([]byte, len("first\n"))
+			if _, err := io.ReadFull(resp.Body, first); err != nil || string(first) != "first\n" {
+				t.Fatalf("via %s: read %q, %v", via, first, err)
+			}
+			var fc fnletv1.FunctionCall
+			if err := env.k8s.Get(ctx, key, &fc); err != nil {
+				t.Fatal(err)
+			}
+			if fc.IsFinished() {
+				t.Errorf("via %s: the call had already ended (%s) when its first line arrived", via, fc.Status.Phase)
+			}
+			rest, err := io.ReadAll(resp.Body) // ends when the call ends
+			resp.Body.Close()
+			if err != nil || len(rest) != 0 {
+				t.Errorf("via %s: after the first line %q, %v", via, rest, err)
+			}
+			if err := env.k8s.Get(ctx, key, &fc); err != nil || !fc.IsFinished() {
+				t.Errorf("via %s: follow ended before the call did (%s, %v)", via, fc.Status.Phase, err)
+			}
+		}
+	})
+	t.Run("through the apiserver (aggregated API)", func(t *testing.T) {
+		registerAPIService(t, addr["n2"])
+		for _, tc := range []struct {
+			user   string
+			params map[string]string
+			code   int
+			want   []byte
+		}{
+			{"log-outsider", nil, http.StatusForbidden, nil},
+			{"log-reader", nil, http.StatusOK, pattern.Bytes(pattern.Text, 50<<20)},
+			{"log-reader", map[string]string{"tailBytes": "100"}, http.StatusOK, pattern.Bytes(pattern.Text, 50<<20)[50<<20-100:]},
+			{"log-reader", map[string]string{"stream": "stderr", "follow": "true"}, http.StatusOK, []byte("done\n")},
+		} {
+			req := restClient(t, tc.user).Get().AbsPath(path("big"))
+			for k, v := range tc.params {
+				req = req.Param(k, v)
+			}
+			start := time.Now()
+			body, err := req.DoRaw(ctx)
+			if len(body) == 50<<20 {
+				t.Logf("50 MiB through the apiserver in %s (%.0f MiB/s)", time.Since(start).Round(time.Millisecond), 50/time.Since(start).Seconds())
+			}
+			if tc.code == http.StatusForbidden {
+				if !apierrors.IsForbidden(err) {
+					t.Errorf("%s %v: %v, want 403", tc.user, tc.params, err)
+				}
+				continue
+			}
+			if err != nil || !bytes.Equal(body, tc.want) {
+				t.Errorf("%s %v: %d bytes (%v), want %d bytes", tc.user, tc.params, len(body), err, len(tc.want))
+			}
+		}
+		// A running call on n1, followed through the apiserver and n2.
+		key := create(t, call("follow-apiserver", ns, "n1").Args("-stdout-text", "first", "-sleep", "3s").Obj())
+		r, err := restClient(t, "log-reader").Get().AbsPath(path(key.Name)).Param("follow", "true").Stream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		first := make([]byte, len("first\n"))
+		if _, err := io.ReadFull(r, first); err != nil || string(first) != "first\n" {
+			t.Fatalf("read %q, %v", first, err)
+		}
+		var fc fnletv1.FunctionCall
+		if err := env.k8s.Get(ctx, key, &fc); err != nil || fc.IsFinished() {
+			t.Errorf("the call had ended (%s, %v) when its first line arrived", fc.Status.Phase, err)
+		}
+		if rest, err := io.ReadAll(r); err != nil || len(rest) != 0 {
+			t.Errorf("after the first line %q, %v", rest, err)
+		}
+		if err := env.k8s.Get(ctx, key, &fc); err != nil || !fc.IsFinished() {
+			t.Errorf("follow ended before the call did (%s, %v)", fc.Status.Phase, err)
+		}
+	})
+	t.Run("no such call", func(t *testing.T) {
+		code, body := getLog(t, reader, addr["n1"], path("nope"))
+		if code != http.StatusNotFound {
+			t.Errorf("%d %s, want 404", code, clip(body))
+		}
+	})
+}
+
+// grantAuthReader gives the manager user what config/manager's RoleBinding
+// gives its service account: the front-proxy CA in kube-system.
+func grantAuthReader(t *testing.T) {
+	t.Helper()
+	err := env.k8s.Create(context.Background(), &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "fnlet-manager-auth-reader", Namespace: "kube-system"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "extension-apiserver-authentication-reader"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: kubeapi.ManagerUser}},
+	})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+}
+
+// bindLogReader binds config/rbac/log_reader_role.yaml's rule to user in ns.
+func bindLogReader(t *testing.T, ns, user string) {
+	t.Helper()
+	ctx := context.Background()
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "fnlet-log-reader", Namespace: ns},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{logapi.Group}, Resources: []string{"functioncalls/log"}, Verbs: []string{"get"}}}}
+	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "fnlet-log-reader", Namespace: ns},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}}}
+	if err := env.k8s.Create(ctx, role); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.k8s.Create(ctx, rb); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// userClient is an HTTPS client presenting user's client certificate
+// (issued by the apiserver's client CA), not verifying the managers'
+// self-signed serving certificates.
+func userClient(t *testing.T, user string) *http.Client {
+	t.Helper()
+	kc, err := env.api.Kubeconfig(envtest.User{Name: user})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := logapi.PeerClient(cfg, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func userClientInsecureAnonymous(t *testing.T) *http.Client {
+	t.Helper()
+	kc, err := env.api.Kubeconfig(envtest.User{Name: "log-anon-base"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.TLSClientConfig.CertData, cfg.TLSClientConfig.KeyData, cfg.TLSClientConfig.CertFile, cfg.TLSClientConfig.KeyFile = nil, nil, "", ""
+	cfg.BearerToken = ""
+	c, err := logapi.PeerClient(cfg, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func freeAddress(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// open GETs path from the manager at addr, waiting for it to listen (it
+// starts in the background): connection refused is retried, on a timer.
+func open(t *testing.T, c *http.Client, addr, path string) *http.Response {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := c.Get("https://" + addr + path)
+		if err == nil {
+			return resp
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s from %s: %v", path, addr, err)
+		}
+		<-time.After(200 * time.Millisecond)
+	}
+}
+
+func getLog(t *testing.T, c *http.Client, addr, path string) (int, []byte) {
+	t.Helper()
+	resp := open(t, c, addr, path)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	return resp.StatusCode, b
+}
+
+func clip(b []byte) string {
+	if len(b) > 300 {
+		return fmt.Sprintf("%s... (%d bytes)", b[:300], len(b))
+	}
+	var st metav1.Status
+	if json.Unmarshal(b, &st) == nil && st.Message != "" {
+		return fmt.Sprintf("%d %s: %s", st.Code, st.Reason, st.Message)
+	}
+	return string(b)
+}
+
+// restClient is a client of the apiserver as user.
+func restClient(t *testing.T, user string) rest.Interface {
+	t.Helper()
+	kc, err := env.api.Kubeconfig(envtest.User{Name: user})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs.Discovery().RESTClient()
+}
+
+// registerAPIService installs config/logapi's APIService with a Service
+// whose one endpoint is the manager at addr (on this host's first
+// non-loopback IPv4: an EndpointSlice may not point at loopback), and
+// waits for the apiserver to call it Available. It is removed when the
+// test ends: an unavailable APIService would keep namespaces from being
+// deleted.
+func registerAPIService(t *testing.T, addr string) {
+	t.Helper()
+	ctx := context.Background()
+	ip := hostIPv4(t)
+	_, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "fnlet-logs", Namespace: kubeapi.ManagerNamespace},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "https-logs", Port: 443, TargetPort: intstr.FromInt32(int32(port))}}}}
+	name, proto, p32 := "https-logs", corev1.ProtocolTCP, int32(port)
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "fnlet-logs-test", Namespace: kubeapi.ManagerNamespace,
+			Labels: map[string]string{discoveryv1.LabelServiceName: "fnlet-logs"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ip}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Protocol: &proto, Port: &p32}},
+	}
+	apiService := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+		"metadata": map[string]any{"name": "v1alpha1.logs.fnlet.dev"},
+		"spec": map[string]any{"group": "logs.fnlet.dev", "version": "v1alpha1", "groupPriorityMinimum": int64(1000),
+			"versionPriority": int64(15), "insecureSkipTLSVerify": true,
+			"service": map[string]any{"name": "fnlet-logs", "namespace": kubeapi.ManagerNamespace, "port": int64(443)}},
+	}}
+	for _, o := range []client.Object{svc, slice, apiService} {
+		if err := env.k8s.Create(ctx, o); err != nil {
+			t.Fatalf("create %T: %v", o, err)
+		}
+		t.Cleanup(func() { _ = env.k8s.Delete(context.Background(), o) })
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		got := &unstructured.Unstructured{}
+		got.SetGroupVersionKind(apiService.GroupVersionKind())
+		if err := env.k8s.Get(ctx, client.ObjectKey{Name: "v1alpha1.logs.fnlet.dev"}, got); err != nil {
+			t.Fatal(err)
+		}
+		conds, _, _ := unstructured.NestedSlice(got.Object, "status", "conditions")
+		for _, c := range conds {
+			m, _ := c.(map[string]any)
+			if m["type"] == "Available" && m["status"] == "True" {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("APIService not available: %v", m)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("APIService has no conditions")
+		}
+		<-time.After(200 * time.Millisecond)
+	}
+}
+
+func hostIPv4(t *testing.T) string {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() && !n.IP.IsLinkLocalUnicast() {
+			return n.IP.String()
+		}
+	}
+	t.Fatal("no non-loopback IPv4 address on this host for the APIService's endpoint")
+	return ""
+}
+
+// TestLogFollowLatency measures a follow (not asserted, logged): the time
+// from a line reaching the call's stdout file (seen by inotify here, on
+// the node) to its arrival at a client of the log API, forwarded through
+// a second manager, as the p50 and p95 of 200 lines written 10 ms apart.
+func TestLogFollowLatency(t *testing.T) {
+	requireEnv(t)
+	ns := newNamespace(t)
+	grantAuthReader(t)
+	addr := map[string]string{}
+	for i, node := range []string{"n1", "n2"} {
+		addr[node] = freeAddress(t)
+		_, port, _ := net.SplitHostPort(addr[node])
+		startManager(t, node, t.TempDir(), "--containerd-namespace", nodeNamespaces[i],
+			"--log-api-bind-address", ":"+port, "--log-api-advertise-address", addr[node])
+	}
+	bindLogReader(t, ns, "log-reader")
+	registerAPIService(t, addr["n2"])
+	t.Run("from a second manager", func(t *testing.T) {
+		measureFollow(t, ns, "ticker-direct", func(path string) io.ReadCloser {
+			return open(t, userClient(t, "log-reader"), addr["n2"], path+"?follow=true").Body
+		})
+	})
+	t.Run("through the apiserver and a second manager", func(t *testing.T) {
+		measureFollow(t, ns, "ticker-apiserver", func(path string) io.ReadCloser {
+			r, err := restClient(t, "log-reader").Get().AbsPath(path).Param("follow", "true").Stream(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		})
+	})
+}
+
+// measureFollow runs a call on n1 that writes 200 lines 10 ms apart and
+// follows it with open (given the log path).
+func measureFollow(t *testing.T, ns, name string, open func(path string) io.ReadCloser) {
+	const lines = 200
+	key := create(t, call(name, ns, "n1").Image("localhost/fnlet/busybox:v1").Command("sh", "-c",
+		fmt.Sprintf(`sleep 1; for i in $(seq %d); do echo line-$i; sleep 0.01; done`, lines)).Obj())
+	fc := env.calls.WaitRunning(t, key, time.Minute)
+	stdout := filepath.Join(fc.Status.LogDir, "stdout")
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.Add(stdout); err != nil {
+		t.Fatal(err)
+	}
+	// ends[i] is the offset after line i+1; written[i] when the file first
+	// held it.
+	var ends []int64
+	var off int64
+	for i := 1; i <= lines; i++ {
+		off += int64(len(fmt.Sprintf("line-%d\n", i)))
+		ends = append(ends, off)
+	}
+	written := make([]time.Time, lines)
+	fi, err := os.Stat(stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := fi.Size() // lines already written have no write time: skipped
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for range w.Events {
+			now := time.Now()
+			fi, err := os.Stat(stdout)
+			if err != nil {
+				return
+			}
+			for i, e := range ends {
+				if e > known && e <= fi.Size() && written[i].IsZero() {
+					written[i] = now
+				}
+			}
+		}
+	}()
+	body := open("/apis/logs.fnlet.dev/v1alpha1/namespaces/" + ns + "/functioncalls/" + name + "/log")
+	defer body.Close()
+	arrived := make([]time.Time, lines)
+	br := bufio.NewReader(body)
+	for i := range lines {
+		if _, err := br.ReadString('\n'); err != nil {
+			t.Fatalf("line %d: %v", i+1, err)
+		}
+		arrived[i] = time.Now()
+	}
+	env.calls.WaitFinished(t, key, time.Minute)
+	w.Close()
+	<-watched
+	var lat []time.Duration
+	for i := range lines {
+		if ends[i] > known && !written[i].IsZero() && !arrived[i].Before(written[i]) {
+			lat = append(lat, arrived[i].Sub(written[i]))
+		}
+	}
+	if len(lat) < lines/2 {
+		t.Fatalf("only %d of %d lines measured", len(lat), lines)
+	}
+	slices.Sort(lat)
+	t.Logf("follow latency, file write → client, %d lines: p50 %s p95 %s max %s",
+		len(lat), lat[len(lat)/2], lat[len(lat)*95/100], lat[len(lat)-1])
+}
