@@ -47,6 +47,12 @@ if ! WAIT_SECS=30 wait_for etcd_healthy; then
 	die "etcd not healthy on 127.0.0.1:$ETCD_PORT (log: $FNLET_LOGS/etcd.log)"
 fi
 
+# An apiserver started by an older version of this script lacks the
+# aggregation layer (the log API needs it): restart it once.
+if our_pid "$APISERVER_PID" "$APISERVER" && ! tr '\0' ' ' <"/proc/$(cat "$APISERVER_PID")/cmdline" | grep -q -- --proxy-client-cert-file; then
+	log "restarting kube-apiserver (pid $(cat "$APISERVER_PID")): started without the aggregation layer"
+	stop_daemon kube-apiserver "$APISERVER_PID" "$APISERVER"
+fi
 if our_pid "$APISERVER_PID" "$APISERVER"; then
 	log "reusing kube-apiserver (pid $(cat "$APISERVER_PID"))"
 else
@@ -55,6 +61,10 @@ else
 	# bare control plane so cluster-up.sh can reuse this apiserver unchanged.
 	# --advertise-address must be the node IP: it becomes the endpoint of the
 	# kubernetes Service, which pods reach through kube-proxy's DNAT.
+	# --requestheader-*/--proxy-client-*: the aggregation layer, as kubeadm
+	# sets it up (fnlet's log API is an APIService); aggregator routing
+	# sends to an APIService's endpoints, so it works on a bare control
+	# plane without kube-proxy too.
 	start_daemon kube-apiserver "$APISERVER_PID" "$APISERVER" \
 		--bind-address="$APISERVER_BIND" \
 		--secure-port="$APISERVER_PORT" \
@@ -72,6 +82,14 @@ else
 		--authorization-mode=Node,RBAC \
 		--enable-admission-plugins=NodeRestriction \
 		--allow-privileged=true \
+		--requestheader-client-ca-file="$PKI_DIR/front-proxy-ca.crt" \
+		--requestheader-allowed-names=front-proxy-client \
+		--requestheader-username-headers=X-Remote-User \
+		--requestheader-group-headers=X-Remote-Group \
+		--requestheader-extra-headers-prefix=X-Remote-Extra- \
+		--proxy-client-cert-file="$PKI_DIR/front-proxy-client.crt" \
+		--proxy-client-key-file="$PKI_DIR/front-proxy-client.key" \
+		--enable-aggregator-routing=true \
 		--profiling=false
 fi
 if ! WAIT_SECS=90 wait_for apiserver_ready; then

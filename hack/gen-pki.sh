@@ -10,6 +10,10 @@
 #   apiserver-kubelet-client  O=system:masters, apiserver -> kubelet (logs/exec)
 #   kube-controller-manager, kube-scheduler, kube-proxy, node-NODE_NAME (O=system:nodes)
 #   sa.key / sa.pub           service account token signing pair
+#   front-proxy-ca            the aggregation layer's own CA (as kubeadm's): it signs
+#   front-proxy-client        the apiserver's client cert towards aggregated APIs
+#                             (fnlet's log API); a separate CA so that no user
+#                             cert of the cluster CA can pass as the front proxy
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/k8s-lib.sh"
@@ -56,6 +60,21 @@ client kube-scheduler "/CN=system:kube-scheduler"
 client kube-proxy "/CN=system:kube-proxy"
 # The Node authorizer and NodeRestriction only accept this exact identity.
 client "node-$NODE_NAME" "/O=system:nodes/CN=system:node:$NODE_NAME"
+
+if [ ! -f front-proxy-ca.crt ]; then
+	newkey front-proxy-ca.key
+	openssl req -x509 -new -key front-proxy-ca.key -sha256 -days 3650 -subj "/CN=fnlet-dev-front-proxy-ca" \
+		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+		-out front-proxy-ca.crt 2>/dev/null
+	rm -f front-proxy-client.crt
+fi
+if [ ! -f front-proxy-client.crt ]; then
+	[ -f front-proxy-client.key ] || newkey front-proxy-client.key
+	openssl req -new -key front-proxy-client.key -subj "/CN=front-proxy-client" 2>/dev/null |
+		openssl x509 -req -CA front-proxy-ca.crt -CAkey front-proxy-ca.key -CAcreateserial -sha256 -days 3650 \
+			-extfile <(printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n') \
+			-out front-proxy-client.crt 2>/dev/null
+fi
 
 if [ ! -f sa.key ]; then
 	newkey sa.key
