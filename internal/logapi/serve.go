@@ -53,8 +53,13 @@ func (s *Serving) Prepare(srv *Server) error {
 	if s.CertDir != "" {
 		ss.ServerCert.CertKey.CertFile = filepath.Join(s.CertDir, "tls.crt")
 		ss.ServerCert.CertKey.KeyFile = filepath.Join(s.CertDir, "tls.key")
-	} else if err := ss.MaybeDefaultWithSelfSignedCerts("localhost", nil, nil); err != nil {
-		return err
+	} else {
+		// In memory only: a manager's root filesystem is read-only, and a
+		// key written to the working directory would outlive the process.
+		ss.ServerCert.CertDirectory = ""
+		if err := ss.MaybeDefaultWithSelfSignedCerts("localhost", nil, nil); err != nil {
+			return err
+		}
 	}
 	if err := ss.ApplyTo(&s.info); err != nil {
 		return err

@@ -269,6 +269,7 @@ type result struct {
 	Throughput []*loadRun    `json:"throughput,omitempty"`
 	Manager    *managerStats `json:"manager,omitempty"`
 	Writes     *writeStats   `json:"writes,omitempty"`
+	Logs       *logRun       `json:"logs,omitempty"`
 	Leftovers  []leftovers   `json:"leftovers,omitempty"`
 	FIFODirs0  int           `json:"fifoDirsStart"` // machine-wide, see fifoDir
 	FIFODirs1  int           `json:"fifoDirsEnd"`
@@ -428,6 +429,7 @@ func run(ctx context.Context, cfg config, out, cpuProfile string) (err error) {
 		if err := sys.loadPhases(ctx, res, raw); err != nil {
 			return err
 		}
+		sys.logPhase(ctx, res)
 	}
 	res.LoadEnd = loadAvg()
 	var cleanupErr error

@@ -19,6 +19,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/fnlet/fnlet/internal/testenv/logprobe"
 )
 
 type managerProc struct {
@@ -30,9 +32,20 @@ type managerProc struct {
 	metricsAddr string
 	probeAddr   string
 	pprofAddr   string
+	logAPIPort  int // 0: the binary has no log API
 }
 
 func (m *managerProc) metricsURL() string { return "http://" + m.metricsAddr + "/metrics" }
+
+// freeTCPPort asks the kernel for a port free on all addresses.
+func freeTCPPort() (int, error) {
+	l, err := net.Listen("tcp", ":0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
 
 // freePort asks the kernel for a free loopback port.
 func freePort() (string, error) {
@@ -85,6 +98,18 @@ func startManager(ctx context.Context, cfg *config, out string) (*managerProc, e
 			return nil, err
 		}
 		args = append(args, "--pprof-bind-address", m.pprofAddr)
+	}
+	if bytes.Contains(help, []byte("-log-api-bind-address")) {
+		// On all addresses: the apiserver reaches it at this host's IP.
+		if m.logAPIPort, err = freeTCPPort(); err != nil {
+			return nil, err
+		}
+		ip, err := logprobe.HostIPv4()
+		if err != nil {
+			return nil, err
+		}
+		port := strconv.Itoa(m.logAPIPort)
+		args = append(args, "--log-api-bind-address", ":"+port, "--log-api-advertise-address", net.JoinHostPort(ip, port))
 	}
 	args = append(args, cfg.ManagerArgs...)
 	cfg.ManagerLogDir = m.logDir

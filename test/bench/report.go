@@ -242,6 +242,9 @@ func report(w io.Writer, res *result) {
 			}
 		}
 	}
+	if res.Logs != nil {
+		logLines(w, res.Logs)
+	}
 	if res.Profile != "" {
 		fmt.Fprintf(w, "\nmanager CPU profile (%ds of sequential fnlet calls): %s\n", cfg.ProfileSeconds, res.Profile)
 	}

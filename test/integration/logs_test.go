@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,30 +8,23 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 	"github.com/fnlet/fnlet/internal/logapi"
 	"github.com/fnlet/fnlet/internal/testenv/kubeapi"
+	"github.com/fnlet/fnlet/internal/testenv/logprobe"
 	"github.com/fnlet/fnlet/test/testfn/pattern"
 )
 
@@ -345,78 +337,17 @@ func restClient(t *testing.T, user string) rest.Interface {
 	return cs.Discovery().RESTClient()
 }
 
-// registerAPIService installs config/logapi's APIService with a Service
-// whose one endpoint is the manager at addr (on this host's first
-// non-loopback IPv4: an EndpointSlice may not point at loopback), and
-// waits for the apiserver to call it Available. It is removed when the
-// test ends: an unavailable APIService would keep namespaces from being
-// deleted.
+// registerAPIService points config/logapi's APIService at the manager
+// at addr until the test ends.
 func registerAPIService(t *testing.T, addr string) {
 	t.Helper()
-	ctx := context.Background()
-	ip := hostIPv4(t)
 	_, portStr, _ := net.SplitHostPort(addr)
 	port, _ := strconv.Atoi(portStr)
-	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "fnlet-logs", Namespace: kubeapi.ManagerNamespace},
-		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "https-logs", Port: 443, TargetPort: intstr.FromInt32(int32(port))}}}}
-	name, proto, p32 := "https-logs", corev1.ProtocolTCP, int32(port)
-	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: "fnlet-logs-test", Namespace: kubeapi.ManagerNamespace,
-			Labels: map[string]string{discoveryv1.LabelServiceName: "fnlet-logs"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ip}}},
-		Ports:       []discoveryv1.EndpointPort{{Name: &name, Protocol: &proto, Port: &p32}},
-	}
-	apiService := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
-		"metadata": map[string]any{"name": "v1alpha1.logs.fnlet.dev"},
-		"spec": map[string]any{"group": "logs.fnlet.dev", "version": "v1alpha1", "groupPriorityMinimum": int64(1000),
-			"versionPriority": int64(15), "insecureSkipTLSVerify": true,
-			"service": map[string]any{"name": "fnlet-logs", "namespace": kubeapi.ManagerNamespace, "port": int64(443)}},
-	}}
-	for _, o := range []client.Object{svc, slice, apiService} {
-		if err := env.k8s.Create(ctx, o); err != nil {
-			t.Fatalf("create %T: %v", o, err)
-		}
-		t.Cleanup(func() { _ = env.k8s.Delete(context.Background(), o) })
-	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		got := &unstructured.Unstructured{}
-		got.SetGroupVersionKind(apiService.GroupVersionKind())
-		if err := env.k8s.Get(ctx, client.ObjectKey{Name: "v1alpha1.logs.fnlet.dev"}, got); err != nil {
-			t.Fatal(err)
-		}
-		conds, _, _ := unstructured.NestedSlice(got.Object, "status", "conditions")
-		for _, c := range conds {
-			m, _ := c.(map[string]any)
-			if m["type"] == "Available" && m["status"] == "True" {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("APIService not available: %v", m)
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("APIService has no conditions")
-		}
-		<-time.After(200 * time.Millisecond)
-	}
-}
-
-func hostIPv4(t *testing.T) string {
-	t.Helper()
-	addrs, err := net.InterfaceAddrs()
+	remove, err := logprobe.RegisterAPIService(context.Background(), env.k8s, kubeapi.ManagerNamespace, port)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() && !n.IP.IsLinkLocalUnicast() {
-			return n.IP.String()
-		}
-	}
-	t.Fatal("no non-loopback IPv4 address on this host for the APIService's endpoint")
-	return ""
+	t.Cleanup(func() { remove(context.Background()) })
 }
 
 // TestLogFollowLatency measures a follow (not asserted, logged): the time
@@ -455,72 +386,16 @@ func TestLogFollowLatency(t *testing.T) {
 // measureFollow runs a call on n1 that writes 200 lines 10 ms apart and
 // follows it with open (given the log path).
 func measureFollow(t *testing.T, ns, name string, open func(path string) io.ReadCloser) {
-	const lines = 200
-	key := create(t, call(name, ns, "n1").Image("localhost/fnlet/busybox:v1").Command("sh", "-c",
-		fmt.Sprintf(`sleep 1; for i in $(seq %d); do echo line-$i; sleep 0.01; done`, lines)).Obj())
+	script, ends := logprobe.Ticker(200, 10*time.Millisecond)
+	key := create(t, call(name, ns, "n1").Image("localhost/fnlet/busybox:v1").Command("sh", "-c", script).Obj())
 	fc := env.calls.WaitRunning(t, key, time.Minute)
-	stdout := filepath.Join(fc.Status.LogDir, "stdout")
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	if err := w.Add(stdout); err != nil {
-		t.Fatal(err)
-	}
-	// ends[i] is the offset after line i+1; written[i] when the file first
-	// held it.
-	var ends []int64
-	var off int64
-	for i := 1; i <= lines; i++ {
-		off += int64(len(fmt.Sprintf("line-%d\n", i)))
-		ends = append(ends, off)
-	}
-	written := make([]time.Time, lines)
-	fi, err := os.Stat(stdout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	known := fi.Size() // lines already written have no write time: skipped
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		for range w.Events {
-			now := time.Now()
-			fi, err := os.Stat(stdout)
-			if err != nil {
-				return
-			}
-			for i, e := range ends {
-				if e > known && e <= fi.Size() && written[i].IsZero() {
-					written[i] = now
-				}
-			}
-		}
-	}()
-	body := open("/apis/logs.fnlet.dev/v1alpha1/namespaces/" + ns + "/functioncalls/" + name + "/log")
+	body := open(logprobe.Path(ns, name))
 	defer body.Close()
-	arrived := make([]time.Time, lines)
-	br := bufio.NewReader(body)
-	for i := range lines {
-		if _, err := br.ReadString('\n'); err != nil {
-			t.Fatalf("line %d: %v", i+1, err)
-		}
-		arrived[i] = time.Now()
+	lat, err := logprobe.Latencies(filepath.Join(fc.Status.LogDir, "stdout"), ends, body)
+	if err != nil {
+		t.Fatal(err)
 	}
 	env.calls.WaitFinished(t, key, time.Minute)
-	w.Close()
-	<-watched
-	var lat []time.Duration
-	for i := range lines {
-		if ends[i] > known && !written[i].IsZero() && !arrived[i].Before(written[i]) {
-			lat = append(lat, arrived[i].Sub(written[i]))
-		}
-	}
-	if len(lat) < lines/2 {
-		t.Fatalf("only %d of %d lines measured", len(lat), lines)
-	}
-	slices.Sort(lat)
 	t.Logf("follow latency, file write → client, %d lines: p50 %s p95 %s max %s",
 		len(lat), lat[len(lat)/2], lat[len(lat)*95/100], lat[len(lat)-1])
 }
