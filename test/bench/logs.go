@@ -16,10 +16,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
-	"github.com/fnlet/fnlet/internal/logapi"
 	"github.com/fnlet/fnlet/internal/testenv/logprobe"
 	"github.com/fnlet/fnlet/test/testfn/pattern"
 )
@@ -46,7 +46,7 @@ type logRun struct {
 
 const (
 	logReadMiB   = 50
-	logFollowMiB = 100
+	logFollowMiB = 50 // under the manager's default --output-limit (64Mi)
 	tickerLines  = 200
 )
 
@@ -65,7 +65,12 @@ func (s *system) logPhase(ctx context.Context, res *result) {
 		lr.Via = via
 		defer remove(context.WithoutCancel(ctx))
 	}
-	direct, err := logapi.PeerClient(s.rest, "") // the admin's client certificate; the manager's cert is self-signed
+	// The admin's client certificate; the manager's certificate is
+	// self-signed. (Not logapi.PeerClient: that package's imports register
+	// a -kubeconfig flag of their own.)
+	dc := rest.CopyConfig(s.rest)
+	dc.TLSClientConfig.CAFile, dc.TLSClientConfig.CAData, dc.TLSClientConfig.Insecure = "", nil, true
+	direct, err := rest.HTTPClientFor(dc)
 	if err != nil {
 		res.note("log API: %v", err)
 		return
@@ -175,10 +180,16 @@ func (s *system) logAPIService(ctx context.Context) (via string, remove func(con
 	err = s.kc.Get(ctx, client.ObjectKey{Name: logprobe.APIServiceName}, got)
 	switch {
 	case err == nil:
-		if err := logprobe.WaitAvailable(ctx, s.kc, 30*time.Second); err != nil {
-			return "", nil, err
+		werr := logprobe.WaitAvailable(ctx, s.kc, 15*time.Second)
+		if werr == nil {
+			return "the cluster's APIService, forwarded by a DaemonSet manager", func(context.Context) {}, nil
 		}
-		return "the cluster's APIService, forwarded by a DaemonSet manager", func(context.Context) {}, nil
+		// Left by an earlier cluster (e.g. make e2e's, whose DaemonSet is
+		// gone): nothing serves it, so it is replaced for this run.
+		if err := s.kc.Delete(ctx, got); err != nil {
+			return "", nil, fmt.Errorf("%v; and deleting it: %w", werr, err)
+		}
+		fmt.Fprintf(os.Stderr, "replacing an unavailable APIService %s: %v\n", logprobe.APIServiceName, werr)
 	case !apierrors.IsNotFound(err):
 		return "", nil, err
 	}

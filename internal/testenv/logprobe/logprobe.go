@@ -125,22 +125,24 @@ func HostIPv4() (string, error) {
 	return "", errors.New("no non-loopback IPv4 address on this host for the APIService's endpoint")
 }
 
-// RegisterAPIService installs config/logapi's APIService, with a Service
-// in namespace whose one endpoint is this host's port (a manager's
-// --log-api-bind-address), and waits until the apiserver calls it
-// Available. remove deletes all three: an unavailable APIService keeps
+// RegisterAPIService installs config/logapi's APIService, to a Service
+// of its own (fnlet-logs-probe, not config/logapi's fnlet-logs, which may
+// be there with a selector) in namespace whose one endpoint is this host's
+// port (a manager's --log-api-bind-address), and waits until the
+// apiserver calls it Available. remove deletes all three: an unavailable APIService keeps
 // namespaces from being deleted.
 func RegisterAPIService(ctx context.Context, c client.Client, namespace string, port int) (remove func(context.Context), err error) {
 	ip, err := HostIPv4()
 	if err != nil {
 		return nil, err
 	}
-	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "fnlet-logs", Namespace: namespace},
+	const service = "fnlet-logs-probe"
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: service, Namespace: namespace},
 		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "https-logs", Port: 443, TargetPort: intstr.FromInt32(int32(port))}}}}
 	name, proto, p32 := "https-logs", corev1.ProtocolTCP, int32(port)
 	slice := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: "fnlet-logs-probe", Namespace: namespace,
-			Labels: map[string]string{discoveryv1.LabelServiceName: "fnlet-logs"}},
+			Labels: map[string]string{discoveryv1.LabelServiceName: service}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ip}}},
 		Ports:       []discoveryv1.EndpointPort{{Name: &name, Protocol: &proto, Port: &p32}},
@@ -150,7 +152,7 @@ func RegisterAPIService(ctx context.Context, c client.Client, namespace string, 
 		"metadata": map[string]any{"name": APIServiceName},
 		"spec": map[string]any{"group": "logs.fnlet.dev", "version": "v1alpha1", "groupPriorityMinimum": int64(1000),
 			"versionPriority": int64(15), "insecureSkipTLSVerify": true,
-			"service": map[string]any{"name": "fnlet-logs", "namespace": namespace, "port": int64(443)}},
+			"service": map[string]any{"name": service, "namespace": namespace, "port": int64(443)}},
 	}}
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}
 	if err := c.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
