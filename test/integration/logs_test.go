@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -350,52 +349,3 @@ func registerAPIService(t *testing.T, addr string) {
 	t.Cleanup(func() { remove(context.Background()) })
 }
 
-// TestLogFollowLatency measures a follow (not asserted, logged): the time
-// from a line reaching the call's stdout file (seen by inotify here, on
-// the node) to its arrival at a client of the log API, forwarded through
-// a second manager, as the p50 and p95 of 200 lines written 10 ms apart.
-func TestLogFollowLatency(t *testing.T) {
-	requireEnv(t)
-	ns := newNamespace(t)
-	grantAuthReader(t)
-	addr := map[string]string{}
-	for i, node := range []string{"n1", "n2"} {
-		addr[node] = freeAddress(t)
-		_, port, _ := net.SplitHostPort(addr[node])
-		startManager(t, node, t.TempDir(), "--containerd-namespace", nodeNamespaces[i],
-			"--log-api-bind-address", ":"+port, "--log-api-advertise-address", addr[node])
-	}
-	bindLogReader(t, ns, "log-reader")
-	registerAPIService(t, addr["n2"])
-	t.Run("from a second manager", func(t *testing.T) {
-		measureFollow(t, ns, "ticker-direct", func(path string) io.ReadCloser {
-			return open(t, userClient(t, "log-reader"), addr["n2"], path+"?follow=true").Body
-		})
-	})
-	t.Run("through the apiserver and a second manager", func(t *testing.T) {
-		measureFollow(t, ns, "ticker-apiserver", func(path string) io.ReadCloser {
-			r, err := restClient(t, "log-reader").Get().AbsPath(path).Param("follow", "true").Stream(context.Background())
-			if err != nil {
-				t.Fatal(err)
-			}
-			return r
-		})
-	})
-}
-
-// measureFollow runs a call on n1 that writes 200 lines 10 ms apart and
-// follows it with open (given the log path).
-func measureFollow(t *testing.T, ns, name string, open func(path string) io.ReadCloser) {
-	script, ends := logprobe.Ticker(200, 10*time.Millisecond)
-	key := create(t, call(name, ns, "n1").Image("localhost/fnlet/busybox:v1").Command("sh", "-c", script).Obj())
-	fc := env.calls.WaitRunning(t, key, time.Minute)
-	body := open(logprobe.Path(ns, name))
-	defer body.Close()
-	lat, err := logprobe.Latencies(filepath.Join(fc.Status.LogDir, "stdout"), ends, body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env.calls.WaitFinished(t, key, time.Minute)
-	t.Logf("follow latency, file write → client, %d lines: p50 %s p95 %s max %s",
-		len(lat), lat[len(lat)/2], lat[len(lat)*95/100], lat[len(lat)-1])
-}
