@@ -348,4 +348,3 @@ func registerAPIService(t *testing.T, addr string) {
 	}
 	t.Cleanup(func() { remove(context.Background()) })
 }
-
