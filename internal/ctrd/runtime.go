@@ -59,6 +59,8 @@ type Runtime struct {
 	// createTimeout bounds one NewTask (see newTask).
 	createTimeout time.Duration
 	policy        Policy
+	// net attaches calls with PodNetwork (WithPodNetwork); nil: refused.
+	net *podNetwork
 	// initSource is the fnlet-init to install; initBinary is the installed
 	// copy under ioRoot that containers bind-mount ("" runs calls without).
 	initSource string

@@ -66,6 +66,7 @@ type WarmSpec struct {
 	User           *User `json:"user,omitempty"`
 	ReadOnlyRootfs bool  `json:"readOnlyRootfs,omitempty"`
 	HostNetwork    bool  `json:"hostNetwork,omitempty"`
+	PodNetwork     bool  `json:"podNetwork,omitempty"`
 	MemoryBytes    int64 `json:"memoryBytes,omitempty"`
 	MilliCPU       int64 `json:"milliCPU,omitempty"`
 	Pids           int64 `json:"pids,omitempty"`
@@ -160,9 +161,18 @@ func (r *Runtime) Prestart(ctx context.Context, spec WarmSpec) (string, error) {
 	}
 	self := Call{UID: strings.TrimPrefix(id, containerPrefix), Name: "fnlet-warm", Image: spec.Image,
 		Command: []string{"--warm"}, User: spec.User, ReadOnlyRootfs: spec.ReadOnlyRootfs, HostNetwork: spec.HostNetwork,
-		MemoryBytes: spec.MemoryBytes, MilliCPU: spec.MilliCPU, Pids: spec.Pids}
-	opts, err := specOpts(self, ci.config, Policy{AllowHostNetwork: r.policy.AllowHostNetwork,
-		OCIRuntime: r.runtime, InitBinary: r.initBinary, ExitFile: d.file(exitFile)})
+		PodNetwork: spec.PodNetwork, MemoryBytes: spec.MemoryBytes, MilliCPU: spec.MilliCPU, Pids: spec.Pids}
+	pol := Policy{AllowHostNetwork: r.policy.AllowHostNetwork,
+		OCIRuntime: r.runtime, InitBinary: r.initBinary, ExitFile: d.file(exitFile)}
+	if spec.PodNetwork && r.net != nil {
+		// Its namespace is attached before the call comes: a pool of
+		// pod-network containers is also a pool of ready namespaces.
+		pol.NetNS, pol.ResolvConf = r.net.nsPath(id), r.net.resolvConf
+	}
+	opts, err := specOpts(self, ci.config, pol)
+	if err == nil && pol.NetNS != "" {
+		err = r.net.want(id)
+	}
 	if err != nil {
 		os.RemoveAll(d.path)
 		return "", fmt.Errorf("prestart %s: %w", spec.Pool, err)
@@ -189,6 +199,11 @@ func (r *Runtime) Prestart(ctx context.Context, spec WarmSpec) (string, error) {
 		defer cancel()
 		_ = r.deleteContainer(dctx, id)
 		return "", fmt.Errorf("prestart %s: %w", id, err)
+	}
+	if pol.NetNS != "" {
+		if err := r.net.ensure(ctx, id); err != nil {
+			return fail(fmt.Errorf("pod network: %w", err))
+		}
 	}
 	task, err := r.newTask(ctx, h, cfg, false)
 	if err != nil {
@@ -364,7 +379,7 @@ func (r *Runtime) takeWarm(digest string, call Call, uid, gid uint32) (*callHand
 
 // fits says why call cannot use a container of profile w ("" when it can).
 func fits(w warmProfile, call Call, uid, gid uint32) string {
-	if call.Privileged || call.HostNetwork != w.HostNetwork || call.ReadOnlyRootfs != w.ReadOnlyRootfs || uid != w.UID || gid != w.GID {
+	if call.Privileged || call.HostNetwork != w.HostNetwork || call.PodNetwork != w.PodNetwork || call.ReadOnlyRootfs != w.ReadOnlyRootfs || uid != w.UID || gid != w.GID {
 		return MissProfile
 	}
 	within := func(c, p int64) bool { return p == 0 || c > 0 && c <= p }
