@@ -213,6 +213,7 @@ func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.Function
 	fc.Status.ClaimedAt = &now
 	fc.Status.ContainerID = ctrd.ContainerID(string(fc.UID))
 	fc.Status.LogDir = ""
+	fc.Status.PodIP = ""
 	fc.Status.ObservedGeneration = fc.Generation
 	setCondition(fc, fnletv1.ConditionClaimed, metav1.ConditionTrue, "Claimed", "claimed by node "+r.NodeName)
 	if err := r.updateStatus(ctx, fc); err != nil {
@@ -540,6 +541,7 @@ func (r *FunctionCallReconciler) applyStarted(fc *fnletv1.FunctionCall, st ctrd.
 	fc.Status.StartedAt = &started
 	fc.Status.ContainerID = st.ContainerID
 	fc.Status.LogDir = st.LogDir
+	fc.Status.PodIP = st.IP
 	fc.Status.Pool = ""
 	if st.Pool != "" {
 		fc.Status.Pool = splitPoolKey(st.Pool).Name

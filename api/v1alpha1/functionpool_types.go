@@ -67,7 +67,8 @@ type FunctionPoolSpec struct {
 	// +optional
 	Resources *CallResources `json:"resources,omitempty"`
 
-	// Network is the network of the pool's containers: none or host.
+	// Network is the network of the pool's containers: none, pod or host.
+	// A pod-network pool's containers are attached before a call comes.
 	// +optional
 	// +kubebuilder:default=none
 	Network NetworkMode `json:"network,omitempty"`
