@@ -113,7 +113,7 @@ kubectl_admin wait --for condition=established --timeout=60s crd/functioncalls.f
 node_ready() {
 	[ "$(kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
-modes=fnlet,ctrd,raw,ctr
+modes=fnlet,ctrd,ctrd-podnet,raw,ctr
 pod_args=()
 if [ "${BENCH_POD:-}" = 1 ] && ! { cluster_running && node_ready; }; then
 	cluster_running || started+=(cluster)

@@ -146,7 +146,7 @@ func main() {
 	flag.StringVar(&cfg.Runtime, "runtime", "runc", "OCI runtime binary: runc or crun")
 	flag.StringVar(&cfg.Init, "init", "", "fnlet-init for the ctrd way (as the manager runs calls); empty runs without")
 	flag.StringVar(&cfg.Ctr, "ctr", "auto", "ctr binary; auto picks the one matching the daemon version")
-	flag.StringVar(&modes, "modes", "ctrd,raw,ctr", "ways to measure, comma-separated: fnlet, pod, ctrd, ctrd-warm, raw, ctr, or raw+KNOB+... (knobs spec, seccomp, files, kill, metrics, load: see rawWay)")
+	flag.StringVar(&modes, "modes", "ctrd,raw,ctr", "ways to measure, comma-separated: fnlet, pod, ctrd, ctrd-warm, ctrd-podnet (network: pod on a throwaway bridge), raw, ctr, or raw+KNOB+... (knobs spec, seccomp, files, kill, metrics, load: see rawWay)")
 	flag.StringVar(&out, "out", "bench-results", "directory for the JSON results")
 	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this process (samples labelled way=...)")
 	flag.DurationVar(&timeout, "timeout", 40*time.Minute, "bound on the whole run")
@@ -340,12 +340,14 @@ func run(ctx context.Context, cfg config, out, cpuProfile string) (err error) {
 			w, err = newCtrdWay(ctx, cfg)
 		case m == "ctrd-warm":
 			w, err = newCtrdWarmWay(ctx, cfg)
+		case m == "ctrd-podnet":
+			w, err = newCtrdPodNetWay(ctx, cfg)
 		case base == "raw":
 			w, err = newRawWay(ctx, cfg, m)
 		case m == "ctr":
 			w, err = newCtrWay(ctx, &cfg)
 		default:
-			err = fmt.Errorf("unknown way %q (want fnlet, pod, ctrd, ctrd-warm, raw, ctr)", m)
+			err = fmt.Errorf("unknown way %q (want fnlet, pod, ctrd, ctrd-warm, ctrd-podnet, raw, ctr)", m)
 		}
 		if err != nil {
 			return fmt.Errorf("set up %s: %w", m, err)

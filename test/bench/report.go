@@ -138,6 +138,10 @@ func report(w io.Writer, res *result) {
 		}
 	}
 	if c, ok := all["ctrd"]; ok {
+		if pn, ok := all["ctrd-podnet"]; ok {
+			d := pn.P50 - c.P50
+			goals = append(goals, verdict("network: pod adds <= 30ms to a cold call (p50, ctrd-podnet - ctrd)", d <= 30*time.Millisecond, ms(d)+" ms"))
+		}
 		if raw, ok := all["raw"]; ok {
 			goals = append(goals, verdict("ctrd <= 1.15x raw (p50)", ratio(c.P50, raw.P50) <= 1.15, fmt.Sprintf("%.2fx", ratio(c.P50, raw.P50))))
 		}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -24,6 +25,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/fnlet/fnlet/internal/ctrd"
+	"github.com/fnlet/fnlet/internal/testenv/cninet"
 )
 
 // ---- ctrd ----
@@ -33,14 +35,40 @@ type ctrdWay struct {
 	rt     *ctrd.Runtime
 	ioRoot string
 	stop   func()
+	// podNet, when set, runs every call with network: pod on this
+	// throwaway bridge network (the ctrd-podnet way).
+	podNet *cninet.Net
 }
 
-func newCtrdWay(ctx context.Context, cfg config) (*ctrdWay, error) {
+// newCtrdPodNetWay is the ctrd way with network: pod: its calls' extra
+// cost is the namespace, CNI ADD and DEL (bridge, host-local, loopback).
+func newCtrdPodNetWay(ctx context.Context, cfg config) (*ctrdWay, error) {
+	if why := cninet.Missing(); why != "" {
+		return nil, errors.New(why)
+	}
+	dir, err := os.MkdirTemp("", "fnlet-bench-cni-")
+	if err != nil {
+		return nil, err
+	}
+	n, err := cninet.New(dir)
+	if err != nil {
+		return nil, err
+	}
+	w, err := newCtrdWay(ctx, cfg, ctrd.WithPodNetwork(n.ConfDir, cninet.BinDirs, n.NSDir, ""))
+	if err != nil {
+		n.Remove()
+		return nil, err
+	}
+	w.podNet = n
+	return w, nil
+}
+
+func newCtrdWay(ctx context.Context, cfg config, extra ...ctrd.Opt) (*ctrdWay, error) {
 	ioRoot, err := os.MkdirTemp("", "fnlet-bench-io-")
 	if err != nil {
 		return nil, err
 	}
-	opts := []ctrd.Opt{ctrd.WithNamespace(cfg.Namespace), ctrd.WithIORoot(ioRoot), ctrd.WithOCIRuntime(cfg.Runtime)}
+	opts := append([]ctrd.Opt{ctrd.WithNamespace(cfg.Namespace), ctrd.WithIORoot(ioRoot), ctrd.WithOCIRuntime(cfg.Runtime)}, extra...)
 	if cfg.Init != "" {
 		opts = append(opts, ctrd.WithInit(cfg.Init))
 	}
@@ -68,16 +96,21 @@ func newCtrdWay(ctx context.Context, cfg config) (*ctrdWay, error) {
 	return &ctrdWay{cfg: cfg, rt: rt, ioRoot: ioRoot, stop: func() { cancel(); <-done }}, nil
 }
 
-func (w *ctrdWay) name() string { return "ctrd" }
+func (w *ctrdWay) name() string {
+	if w.podNet != nil {
+		return "ctrd-podnet"
+	}
+	return "ctrd"
+}
 
 func (w *ctrdWay) call(ctx context.Context, id string) (sample, error) {
-	uid := "bench-" + id
+	uid := w.name() + "-" + id // ways run the same ids
 	t := newTimer()
 	if _, err := w.rt.EnsureImage(ctx, w.cfg.Image, ctrd.PullIfNotPresent, nil); err != nil {
 		return sample{}, err
 	}
 	t.lap("EnsureImage")
-	call := ctrd.Call{UID: uid, Namespace: "bench", Name: "bench", Image: w.cfg.Image, Args: w.cfg.Args}
+	call := ctrd.Call{UID: uid, Namespace: "bench", Name: "bench", Image: w.cfg.Image, Args: w.cfg.Args, PodNetwork: w.podNet != nil}
 	if _, err := w.rt.Run(ctx, call); err != nil {
 		_ = w.rt.Delete(context.WithoutCancel(ctx), uid)
 		return sample{}, err
@@ -94,7 +127,7 @@ func (w *ctrdWay) call(ctx context.Context, id string) (sample, error) {
 	}
 	t.lap("Delete")
 	if s.Result == nil || s.Result.ExitCode != 0 {
-		return sample{}, fmt.Errorf("call did not exit 0: %+v", s.Result)
+		return sample{}, fmt.Errorf("call did not exit 0: %+v (state %+v)", s.Result, s)
 	}
 	// The full logs stay for retention; the benchmark does not keep them.
 	os.RemoveAll(s.LogDir)
@@ -105,6 +138,12 @@ func (w *ctrdWay) close() {
 	w.stop()
 	w.rt.Close()
 	os.RemoveAll(w.ioRoot)
+	if w.podNet != nil {
+		if l, err := w.podNet.Count(); err != nil || !l.Zero() {
+			fmt.Fprintf(os.Stderr, "ctrd-podnet: left on its network: %s (%v)\n", l, err)
+		}
+		w.podNet.Remove()
+	}
 }
 
 // ---- ctrd, warm ----
@@ -161,7 +200,7 @@ func (w *ctrdWarmWay) call(ctx context.Context, id string) (sample, error) {
 	}
 	t.lap("Delete")
 	if s.Result == nil || s.Result.ExitCode != 0 {
-		return sample{}, fmt.Errorf("call did not exit 0: %+v", s.Result)
+		return sample{}, fmt.Errorf("call did not exit 0: %+v (state %+v)", s.Result, s)
 	}
 	os.RemoveAll(s.LogDir)
 	os.Remove(filepath.Join(w.ioRoot, ctrd.ContainerID(uid)))
