@@ -2,14 +2,20 @@ package ctrd
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
+	"time"
 
 	gocni "github.com/containerd/go-cni"
+	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,23 +38,39 @@ import (
 //
 // Every ending of a call goes through deleteContainer, which calls
 // teardown: no address, veth, iptables chain or namespace outlives it.
+//
+// Attaching costs a namespace and a CNI ADD (the bridge, IPAM and
+// masquerade plugins, each an exec, iptables several): far more than the
+// 30 ms a cold call may spend on its network. So, as Fn's prefork pool,
+// poolSize namespaces are kept attached ahead under <dir>/pool-<hex>/ and
+// a call takes one by renaming its directory to the container's (the bind
+// mount moves with it); the CNI ID it was added under is kept in cni-id,
+// which DEL needs. A refill goroutine owned by the Runtime replaces it.
 type podNetwork struct {
 	cni gocni.CNI
 	dir string
 	// resolvConf, if set, is bind-mounted read-only as the call's
 	// /etc/resolv.conf.
 	resolvConf string
+
+	poolSize int
+	mu       sync.Mutex
+	ready    []string        // pool entries (dir names) ready to take
+	own      map[string]bool // pool entries this process made and has not given out
+	wake     chan struct{}   // a pool entry was taken
 }
 
 const (
 	netnsFile = "netns"
 	ipFile    = "ip"
+	cniIDFile = "cni-id"
+	poolEntry = "pool-"
 )
 
 // WithPodNetwork enables network: pod: CNI configuration from confDir (the
 // first conflist, as the kubelet's runtime takes it), plugins from binDirs,
 // namespaces pinned under nsDir, and resolvConf (optional) as the calls'
-// /etc/resolv.conf.
+// /etc/resolv.conf. See WithPodNetworkPool for namespaces made ahead.
 func WithPodNetwork(confDir string, binDirs []string, nsDir, resolvConf string) Opt {
 	return func(r *Runtime) error {
 		c, err := gocni.New(gocni.WithPluginConfDir(confDir), gocni.WithPluginDir(binDirs),
@@ -67,9 +89,104 @@ func WithPodNetwork(confDir string, binDirs []string, nsDir, resolvConf string) 
 		if err := os.MkdirAll(nsDir, 0o700); err != nil {
 			return fmt.Errorf("pod network: %w", err)
 		}
-		r.net = &podNetwork{cni: c, dir: nsDir, resolvConf: resolvConf}
+		poolSize := 0
+		if r.net != nil {
+			poolSize = r.net.poolSize
+		}
+		r.net = &podNetwork{cni: c, dir: nsDir, resolvConf: resolvConf, poolSize: poolSize,
+			own: map[string]bool{}, wake: make(chan struct{}, 1)}
 		return nil
 	}
+}
+
+// WithPodNetworkPool keeps n namespaces attached ahead for network: pod
+// calls (after WithPodNetwork; 0, the default, makes each on demand).
+func WithPodNetworkPool(n int) Opt {
+	return func(r *Runtime) error {
+		if r.net == nil {
+			return errors.New("WithPodNetworkPool needs WithPodNetwork first")
+		}
+		r.net.poolSize = n
+		return nil
+	}
+}
+
+// fill keeps the pool at poolSize until ctx ends, then tears it down.
+func (n *podNetwork) fill(ctx context.Context) {
+	defer func() {
+		n.mu.Lock()
+		ready := n.ready
+		n.ready = nil
+		n.mu.Unlock()
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		for _, e := range ready {
+			_ = n.teardown(dctx, e)
+		}
+	}()
+	for ctx.Err() == nil {
+		n.mu.Lock()
+		missing := n.poolSize - len(n.ready)
+		n.mu.Unlock()
+		if missing <= 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-n.wake:
+			}
+			continue
+		}
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		e := poolEntry + hex.EncodeToString(b[:])
+		n.mu.Lock()
+		n.own[e] = true
+		n.mu.Unlock()
+		if err := n.want(e); err == nil {
+			err = n.attach(ctx, e)
+			if err == nil {
+				n.mu.Lock()
+				n.ready = append(n.ready, e)
+				n.mu.Unlock()
+				continue
+			}
+			log.G(ctx).WithError(err).Warn("fnlet: pod network pool: attach a namespace ahead")
+			_ = n.teardown(context.WithoutCancel(ctx), e)
+		}
+		n.mu.Lock()
+		delete(n.own, e)
+		n.mu.Unlock()
+		select { // a failing network is not retried in a hot loop
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// take moves a ready pool entry to container id's pin directory (which
+// must be empty); false when the pool is empty.
+func (n *podNetwork) take(id string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for len(n.ready) > 0 {
+		e := n.ready[len(n.ready)-1]
+		n.ready = n.ready[:len(n.ready)-1]
+		delete(n.own, e)
+		if err := os.Remove(filepath.Join(n.dir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			n.ready = append(n.ready, e)
+			return false
+		}
+		if err := os.Rename(filepath.Join(n.dir, e), filepath.Join(n.dir, id)); err != nil {
+			_ = n.want(id)
+			continue // that entry is lost to the pool; Recover's sweep removes it
+		}
+		select {
+		case n.wake <- struct{}{}:
+		default:
+		}
+		return true
+	}
+	return false
 }
 
 func (n *podNetwork) nsPath(id string) string { return filepath.Join(n.dir, id, netnsFile) }
@@ -91,6 +208,14 @@ func (n *podNetwork) ensure(ctx context.Context, id string) error {
 	if _, err := os.Stat(filepath.Join(n.dir, id, ipFile)); err == nil {
 		return nil
 	}
+	if n.poolSize > 0 && n.take(id) {
+		return nil
+	}
+	return n.attach(ctx, id)
+}
+
+// attach makes id's namespace and adds it to the network under CNI ID id.
+func (n *podNetwork) attach(ctx context.Context, id string) error {
 	path := n.nsPath(id)
 	if _, err := os.Stat(path); err == nil {
 		// A setup cut short: undo what it did before doing it again.
@@ -112,6 +237,10 @@ func (n *podNetwork) ensure(ctx context.Context, id string) error {
 	if c := res.Interfaces["eth0"]; c != nil && len(c.IPConfigs) > 0 {
 		ip = c.IPConfigs[0].IP.String()
 	}
+	if err := os.WriteFile(filepath.Join(n.dir, id, cniIDFile), []byte(id), 0o600); err != nil {
+		return err
+	}
+	// Written last: with it, the namespace is ready.
 	return os.WriteFile(filepath.Join(n.dir, id, ipFile), []byte(ip), 0o600)
 }
 
@@ -134,8 +263,13 @@ func (n *podNetwork) teardown(ctx context.Context, id string) error {
 	}
 	path := n.nsPath(id)
 	if _, err := os.Stat(path); err == nil {
-		if err := n.cni.Remove(ctx, id, path); err != nil {
-			return fmt.Errorf("CNI DEL %s: %w", id, err)
+		// Added under its own name, or, taken from the pool, the entry's.
+		cniID := id
+		if b, err := os.ReadFile(filepath.Join(d, cniIDFile)); err == nil && len(b) > 0 {
+			cniID = string(b)
+		}
+		if err := n.cni.Remove(ctx, cniID, path); err != nil {
+			return fmt.Errorf("CNI DEL %s: %w", cniID, err)
 		}
 		if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 			return fmt.Errorf("unmount %s: %w", path, err)
@@ -218,9 +352,12 @@ func (r *Runtime) sweepNetworks(ctx context.Context, exists map[string]bool) err
 	if err != nil {
 		return fmt.Errorf("pod network: %w", err)
 	}
+	r.net.mu.Lock()
+	own := maps.Clone(r.net.own)
+	r.net.mu.Unlock()
 	var errs []error
 	for _, id := range ids {
-		if !exists[id] {
+		if !exists[id] && !own[id] { // pool entries of an earlier process go too
 			errs = append(errs, r.teardownNetwork(ctx, id))
 		}
 	}

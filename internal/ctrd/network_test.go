@@ -1,6 +1,7 @@
 package ctrd
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"strings"
@@ -42,10 +43,25 @@ func expectNoNetLeaks(t *testing.T, n *cninet.Net) {
 
 // TestPodNetwork: a call serves HTTP on its own address, a second call on
 // the pod network fetches from it, a call with no network cannot; every
-// address, veth, masquerade chain and namespace goes with the calls.
+// address, veth, masquerade chain and namespace goes with the calls. With
+// a pool, the calls take namespaces attached ahead, and the pool's own go
+// when the runtime closes.
 func TestPodNetwork(t *testing.T) {
+	for _, pool := range []int{0, 2} {
+		t.Run(fmt.Sprintf("pool %d", pool), func(t *testing.T) { testPodNetwork(t, pool) })
+	}
+}
+
+func testPodNetwork(t *testing.T, pool int) {
 	n, opt := podNet(t)
-	rt := newTestRuntime(t, "", opt)
+	rt := newTestRuntime(t, "", opt, WithPodNetworkPool(pool))
+	if pool > 0 {
+		poll(t, 30*time.Second, "pool filled", func() bool {
+			rt.net.mu.Lock()
+			defer rt.net.mu.Unlock()
+			return len(rt.net.ready) == pool
+		})
+	}
 	ctx := ctxTimeout(t, 2*time.Minute)
 	if _, err := rt.EnsureImage(ctx, testfnImage, PullNever, nil); err != nil {
 		t.Fatal(err)
@@ -61,8 +77,11 @@ func TestPodNetwork(t *testing.T) {
 	if ip := net.ParseIP(st.IP); ip == nil || !subnet.Contains(ip) {
 		t.Fatalf("server IP %q, want one in %s", st.IP, n.Subnet)
 	}
-	if l, _ := n.Count(); l.Addresses != 1 || l.Veths != 1 || l.Chains != 1 || l.Pins != 1 {
-		t.Errorf("with one call on the network: %s", l)
+	if l, _ := n.Count(); l.Addresses != 1+pool || l.Veths != 1+pool || l.Chains != 1+pool || l.Pins != 1+pool {
+		t.Errorf("with one call and %d ahead on the network: %s", pool, l)
+	}
+	if cniID, _ := os.ReadFile(n.NSDir + "/" + ContainerID(server.UID) + "/" + cniIDFile); pool > 0 != strings.HasPrefix(string(cniID), poolEntry) {
+		t.Errorf("pool %d: the server's namespace was added as %q", pool, cniID)
 	}
 
 	fetch := func(pod bool) State {
@@ -88,6 +107,7 @@ func TestPodNetwork(t *testing.T) {
 	if err := rt.Delete(ctx, server.UID); err != nil {
 		t.Fatal(err)
 	}
+	rt.stop() // tears the pool down
 	expectNoNetLeaks(t, n)
 }
 

@@ -225,6 +225,13 @@ func New(address string, opts ...Opt) (*Runtime, error) {
 	}
 	r.client = c
 	r.bg, r.cancel = context.WithCancel(context.Background())
+	if r.net != nil && r.net.poolSize > 0 {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.net.fill(r.bg)
+		}()
+	}
 	return r, nil
 }
 

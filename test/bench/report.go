@@ -138,9 +138,28 @@ func report(w io.Writer, res *result) {
 		}
 	}
 	if c, ok := all["ctrd"]; ok {
-		if pn, ok := all["ctrd-podnet"]; ok {
-			d := pn.P50 - c.P50
-			goals = append(goals, verdict("network: pod adds <= 30ms to a cold call (p50, ctrd-podnet - ctrd)", d <= 30*time.Millisecond, ms(d)+" ms"))
+		if _, ok := all["ctrd-podnet"]; ok {
+			// Up to the exit: what a caller waits for. The teardown (CNI DEL
+			// in Delete) comes after the final status, off the call's path.
+			toExit := func(way string) (exit, del time.Duration) {
+				var a, b []time.Duration
+				for _, s := range res.Seq[way] {
+					var d time.Duration
+					for _, p := range s.Phases {
+						if p.Name == "Delete" {
+							b = append(b, p.D)
+							continue
+						}
+						d += p.D
+					}
+					a = append(a, d)
+				}
+				return statsOf(a).P50, statsOf(b).P50
+			}
+			pe, pd := toExit("ctrd-podnet")
+			ce, cd := toExit("ctrd")
+			fmt.Fprintf(w, "  network: pod over none (p50): to the exit %+.1f ms, the delete after it %+.1f ms\n", float64(pe-ce)/1e6, float64(pd-cd)/1e6)
+			goals = append(goals, verdict("network: pod adds <= 30ms to a cold call up to its exit (p50, ctrd-podnet - ctrd)", pe-ce <= 30*time.Millisecond, ms(pe-ce)+" ms"))
 		}
 		if raw, ok := all["raw"]; ok {
 			goals = append(goals, verdict("ctrd <= 1.15x raw (p50)", ratio(c.P50, raw.P50) <= 1.15, fmt.Sprintf("%.2fx", ratio(c.P50, raw.P50))))

@@ -54,7 +54,9 @@ func newCtrdPodNetWay(ctx context.Context, cfg config) (*ctrdWay, error) {
 	if err != nil {
 		return nil, err
 	}
-	w, err := newCtrdWay(ctx, cfg, ctrd.WithPodNetwork(n.ConfDir, cninet.BinDirs, n.NSDir, ""))
+	// A pool of 2, the manager's default (--pod-network-pool): attached
+	// namespaces made between calls, as a manager makes them.
+	w, err := newCtrdWay(ctx, cfg, ctrd.WithPodNetwork(n.ConfDir, cninet.BinDirs, n.NSDir, ""), ctrd.WithPodNetworkPool(2))
 	if err != nil {
 		n.Remove()
 		return nil, err
