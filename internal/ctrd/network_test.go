@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fnlet/fnlet/internal/testenv"
 	"github.com/fnlet/fnlet/internal/testenv/cninet"
 )
 
@@ -19,14 +18,7 @@ func podNet(t *testing.T) (*cninet.Net, Opt) {
 	if testing.Short() {
 		t.Skip("needs containerd and CNI plugins (-short)")
 	}
-	if why := cninet.Missing(); why != "" {
-		testenv.Missing(t, "%s", why)
-	}
-	n, err := cninet.New(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Remove)
+	n := cninet.ForTest(t)
 	return n, WithPodNetwork(n.ConfDir, cninet.BinDirs, n.NSDir, "")
 }
 

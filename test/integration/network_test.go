@@ -25,14 +25,7 @@ import (
 // it runs: those are counted out).
 func TestPodNetworkCalls(t *testing.T) {
 	requireEnv(t)
-	if why := cninet.Missing(); why != "" {
-		testenv.Missing(t, "%s", why)
-	}
-	n, err := cninet.New(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Remove)
+	n := cninet.ForTest(t)
 	ns := newNamespace(t)
 	logs := t.TempDir()
 	m1 := startManager(t, "n1", logs, "--cni-conf-dir", n.ConfDir,

@@ -13,6 +13,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"testing"
+
+	"github.com/fnlet/fnlet/internal/testenv"
 )
 
 // BinDirs are where the standard plugins are looked for.
@@ -75,6 +78,23 @@ func New(dir string) (*Net, error) {
 		return nil, err
 	}
 	return n, nil
+}
+
+// ForTest makes a network for t in a directory of its own, removed with
+// its bridge when t ends; where none can be made, t is marked missing a
+// daemon (testenv.Missing: a skip saying why, or a failure under
+// FNLET_REQUIRE_DAEMONS=1).
+func ForTest(t testing.TB) *Net {
+	t.Helper()
+	if why := Missing(); why != "" {
+		testenv.Missing(t, "%s", why)
+	}
+	n, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Remove)
+	return n
 }
 
 // Remove deletes the bridge (the plugins never do).
