@@ -86,6 +86,9 @@ func startManager(ctx context.Context, cfg *config, out string) (*managerProc, e
 		}
 		args = append(args, "--pprof-bind-address", m.pprofAddr)
 	}
+	if bytes.Contains(help, []byte("-pool-refill-rate")) && cfg.PoolRefillRate > 0 {
+		args = append(args, "--pool-refill-rate", strconv.FormatFloat(cfg.PoolRefillRate, 'f', -1, 64))
+	}
 	args = append(args, cfg.ManagerArgs...)
 	cfg.ManagerLogDir = m.logDir
 	m.logPath = cfg.ManagerLog
