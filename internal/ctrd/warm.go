@@ -350,7 +350,11 @@ func (r *Runtime) takeWarm(digest string, call Call, uid, gid uint32) (*callHand
 				miss = why
 			}
 			continue
-		case !free || h.hasExited():
+		case !free || h.hasExited() || !r.dir(h.id).waiting():
+			// Not waiting: taken, spoiled, or still being started (Prestart
+			// registers the handle and its task before the init opens its
+			// FIFO; a release then finds no reader and the call would
+			// never start).
 			miss = MissEmpty
 			continue
 		}
