@@ -17,6 +17,16 @@
 //	pod    a plain Pod (restartPolicy Never, imagePullPolicy Never) on a real
 //	       kubelet node, create until phase Succeeded is seen on a watch;
 //	       only a few, spread over the rounds.
+//	fnlet-warm  as fnlet, for a call that names a FunctionPool this program
+//	       creates (the same image) and runs in one of its pre-started
+//	       containers (status.pool is checked: the hit rate).
+//	ctrd-warm   internal/ctrd RunWarm + Wait + Delete of a pre-started
+//	       container made after the previous call, outside the measurement.
+//
+// With a warm way it first measures the refill capacity (containers
+// pre-started per second with internal/ctrd, before the manager starts),
+// and with fnlet-warm, after the rounds, warm and cold calls at a steady
+// rate below that capacity (hit rate, latency, CPU per call).
 //
 // With the fnlet way it then measures fnlet alone at a fixed concurrency
 // (latency) and in closed loops at higher concurrencies (throughput), the
