@@ -358,3 +358,50 @@ func TestTakeWarmOnlyWhenTheInitWaits(t *testing.T) {
 		})
 	}
 }
+
+// TestPruneWarmDirs: the directory of a pre-started container that never
+// came to be goes; those of live containers, of containers being made,
+// of claimed ones (a call's output) and of cold calls stay.
+func TestPruneWarmDirs(t *testing.T) {
+	r := &Runtime{ioRoot: t.TempDir(), calls: map[string]*callHandle{}}
+	dirs := map[string]struct {
+		claimed, live, making bool
+		wantKept              bool
+	}{
+		warmPrefix + "orphan":  {wantKept: false},
+		warmPrefix + "live":    {live: true, wantKept: true},
+		warmPrefix + "making":  {making: true, wantKept: true},
+		warmPrefix + "claimed": {claimed: true, wantKept: true},
+		ContainerID("a-call"):  {wantKept: true},
+	}
+	live := map[string]bool{}
+	for id, d := range dirs {
+		cd := r.dir(id)
+		if err := os.MkdirAll(cd.path, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(id, warmPrefix) {
+			if err := cd.prepareCtl(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if d.claimed {
+			if err := os.WriteFile(cd.file(claimFile), []byte(`{"uid":"u"}`), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if d.live {
+			live[id] = true
+		}
+		if d.making {
+			r.prestarting.Store(id, true)
+		}
+	}
+	r.pruneWarmDirs(live)
+	for id, d := range dirs {
+		_, err := os.Stat(r.dir(id).path)
+		if kept := err == nil; kept != d.wantKept {
+			t.Errorf("%s: kept %v, want %v", id, kept, d.wantKept)
+		}
+	}
+}
