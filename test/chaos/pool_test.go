@@ -242,7 +242,22 @@ func TestPoolUnderFaults(t *testing.T) {
 	for id := range seenWarm {
 		ids = append(ids, strings.TrimPrefix(id, ctrd.ContainerID(""))) // leaks() takes call UIDs: ContainerID(uid) = prefix+uid
 	}
-	lk := leaks(t, ids, m.logDir)
+	var lk, emptyCgroups []string
+	for _, l := range leaks(t, ids, m.logDir) {
+		if emptyCgroupDir(l) {
+			emptyCgroups = append(emptyCgroups, l)
+			continue
+		}
+		lk = append(lk, l)
+	}
+	if len(emptyCgroups) > 0 {
+		// As in row 3 (node lost): the containerd SIGKILL can land in a
+		// pre-start's "runc create", which leaves its cgroup, empty, with no
+		// runc state to delete it by (docs/runtime.md, "Interrupted
+		// creates"). Nothing runs in it; shown, not counted.
+		r.notef("%d empty cgroup directories of pre-starts interrupted by the containerd kill (runc leaves them)", len(emptyCgroups))
+		t.Logf("empty cgroup directories of interrupted creates (not counted):\n  %s", strings.Join(emptyCgroups, "\n  "))
+	}
 	// Directories of pre-started containers that ran no call must go with
 	// them; those that ran one stay (log retention), like a cold call's.
 	used := map[string]bool{}
