@@ -120,7 +120,9 @@ func report(w io.Writer, res *result) {
 	}
 	var goals []string
 	if ws := res.Seq["ctrd-warm"]; len(ws) > 0 {
-		// Claim -> exit seen: the part of a warm call a pool cannot hide.
+		// Claim -> exit seen on the event stream (phases Claim, Exit): the
+		// part of a warm call a pool cannot hide; Wait's result
+		// collection (Collect) and the Delete follow.
 		var ds []time.Duration
 		for _, s := range ws {
 			if len(s.Phases) >= 2 {
