@@ -242,13 +242,26 @@ func TestPoolUnderFaults(t *testing.T) {
 	for id := range seenWarm {
 		ids = append(ids, strings.TrimPrefix(id, ctrd.ContainerID(""))) // leaks() takes call UIDs: ContainerID(uid) = prefix+uid
 	}
-	var lk, emptyCgroups []string
+	var lk, emptyCgroups, orphans []string
 	for _, l := range leaks(t, ids, m.logDir) {
-		if emptyCgroupDir(l) {
+		switch {
+		case emptyCgroupDir(l):
 			emptyCgroups = append(emptyCgroups, l)
-			continue
+		case orphanWarmShim(l):
+			orphans = append(orphans, l)
+		default:
+			lk = append(lk, l)
 		}
-		lk = append(lk, l)
+	}
+	if len(orphans) > 0 {
+		// The containerd SIGKILL can land in a pre-start's "shim start":
+		// the restarted containerd knows neither the task nor the shim
+		// daemon, so no Delete can stop it (containerd#768, #3334; the
+		// manager has no host PID namespace to kill it: docs/runtime.md,
+		// "Stuck shims"). It owns no container and no process; shown, not
+		// counted. Seen in 2 of 5 runs of this row.
+		r.notef("%d shim daemons of pre-starts interrupted by the containerd kill, orphaned by containerd (no container, no process)", len(orphans))
+		t.Logf("shims orphaned by the containerd kill (not counted):\n  %s", strings.Join(orphans, "\n  "))
 	}
 	if len(emptyCgroups) > 0 {
 		// As in row 3 (node lost): the containerd SIGKILL can land in a
@@ -274,4 +287,27 @@ func TestPoolUnderFaults(t *testing.T) {
 	}
 	r.Leak = len(lk)
 	logList(t, "leaked", lk)
+}
+
+// orphanWarmShim says whether a leak line is the shim daemon of a
+// pre-started container that has no child process (it runs nothing).
+func orphanWarmShim(leak string) bool {
+	var pid, id string
+	if n, _ := fmt.Sscanf(leak, "shim pid %s for %s", &pid, &id); n != 2 || !strings.HasPrefix(id, ctrd.ContainerID("warm-")) {
+		return false
+	}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		b, err := os.ReadFile(filepath.Join("/proc", p.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name: state, ppid, ...
+		st := string(b)
+		f := strings.Fields(st[strings.LastIndexByte(st, ')')+1:])
+		if len(f) > 1 && f[1] == pid {
+			return false
+		}
+	}
+	return true
 }
