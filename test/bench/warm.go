@@ -143,6 +143,11 @@ type warmStats struct {
 	PacedHits   int64    `json:"pacedHits"`
 	PacedMisses int64    `json:"pacedMisses"`
 	PacedCold   *loadRun `json:"pacedCold,omitempty"`
+	// The manager's pre-starts during the paced warm run: what refill
+	// actually did while the calls came (the capacity measured before can
+	// fall when the machine is busy).
+	PacedPrestarts      float64 `json:"pacedPrestarts"`
+	PacedPrestartMeanMs float64 `json:"pacedPrestartMeanMs"`
 	// The manager's side, over the whole run: fnlet_warm_starts_total by
 	// result/reason, and its pre-starts (fnlet_prestart_seconds).
 	WarmStarts     map[string]float64 `json:"warmStarts,omitempty"`
@@ -182,8 +187,16 @@ func (s *system) warmPhases(ctx context.Context, res *result) error {
 		}
 		fmt.Fprintf(os.Stderr, "fnlet-warm: %d calls at %.1f/s\n", n, ws.PacedRate)
 		h0, m0 := s.warmHits.Load(), s.warmMisses.Load()
+		before, _ := scrape(s.mgr.metricsURL(), http.DefaultClient)
 		ws.Paced = s.paced(ctx, &fnletWay{sys: s, warm: true}, "warm-paced", ws.PacedRate, n)
 		ws.PacedHits, ws.PacedMisses = s.warmHits.Load()-h0, s.warmMisses.Load()-m0
+		if after, err := scrape(s.mgr.metricsURL(), http.DefaultClient); err == nil {
+			ws.PacedPrestarts = after.sum("fnlet_prestart_seconds_count", nil) - before.sum("fnlet_prestart_seconds_count", nil)
+			if ws.PacedPrestarts > 0 {
+				ws.PacedPrestartMeanMs = (after.sum("fnlet_prestart_seconds_sum", nil) - before.sum("fnlet_prestart_seconds_sum", nil)) /
+					ws.PacedPrestarts * 1000
+			}
+		}
 		fmt.Fprintf(os.Stderr, "fnlet: %d calls at %.1f/s\n", n, ws.PacedRate)
 		ws.PacedCold = s.paced(ctx, &fnletWay{sys: s}, "cold-paced", ws.PacedRate, n)
 	}
@@ -246,6 +259,10 @@ func reportWarm(w io.Writer, res *result, all map[string]stats, goals *[]string)
 	if ws.Paced != nil {
 		fmt.Fprintf(w, "  paced warm calls: %d of %d warm (hit rate %.0f%%)\n", ws.PacedHits, ws.PacedHits+ws.PacedMisses,
 			100*ws.hitRate(ws.PacedHits, ws.PacedMisses))
+		if ws.PacedPrestarts > 0 {
+			fmt.Fprintf(w, "  refill during the paced warm run: %.0f pre-starts, mean %.1f ms each (one at a time: at most %.1f/s)\n",
+				ws.PacedPrestarts, ws.PacedPrestartMeanMs, 1000/ws.PacedPrestartMeanMs)
+		}
 	}
 	if len(ws.WarmStarts) > 0 {
 		var parts []string
