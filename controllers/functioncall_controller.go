@@ -434,7 +434,10 @@ func (r *FunctionCallReconciler) start(ctx context.Context, fc *fnletv1.Function
 		return r.runtimeFailure(ctx, fc, fmt.Errorf("start: %w", err))
 	}
 	if st.Phase == ctrd.PhaseExited {
-		// An earlier attempt's container, which exited meanwhile.
+		// An earlier attempt's container, which exited meanwhile (a manager
+		// restarted before its Running write): the final status carries
+		// the start too — container, log dir, and the pool that ran it.
+		r.applyStarted(fc, st)
 		return r.finish(ctx, fc, st)
 	}
 	if r.runningWriteDelay() > 0 {

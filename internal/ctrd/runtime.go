@@ -87,6 +87,10 @@ type Runtime struct {
 	reconnects atomic.Int64
 	// createTimeouts counts NewTasks that hit createTimeout.
 	createTimeouts atomic.Int64
+	// prestarting holds the IDs of pre-started containers being made
+	// (their directory may exist before their container; see
+	// pruneWarmDirs).
+	prestarting sync.Map
 }
 
 // Opt configures a Runtime.

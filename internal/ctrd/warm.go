@@ -151,6 +151,8 @@ func (r *Runtime) Prestart(ctx context.Context, spec WarmSpec) (string, error) {
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
 	id := warmPrefix + hex.EncodeToString(rnd[:])
+	r.prestarting.Store(id, true)
+	defer r.prestarting.Delete(id)
 	d := r.dir(id)
 	cfg, err := d.prepare(nil, StdinFile, true)
 	if err == nil {
@@ -365,7 +367,11 @@ func (r *Runtime) takeWarm(digest string, call Call, uid, gid uint32) (*callHand
 				miss = why
 			}
 			continue
-		case !free || h.hasExited():
+		case !free || h.hasExited() || !r.dir(h.id).waiting():
+			// Not waiting: taken, spoiled, or still being started (Prestart
+			// registers the handle and its task before the init opens its
+			// FIFO; a release then finds no reader and the call would
+			// never start).
 			miss = MissEmpty
 			continue
 		}
@@ -495,7 +501,8 @@ func tighter(w WarmSpec, call Call) *specs.LinuxResources {
 }
 
 // WarmContainers lists the pre-started containers no call has claimed,
-// adopting those an earlier process made.
+// adopting those an earlier process made, and removes the directories of
+// those that never came to be (pruneWarmDirs).
 func (r *Runtime) WarmContainers(ctx context.Context) ([]WarmContainer, error) {
 	ctx = r.ctx(ctx)
 	cs, err := r.client.Containers(ctx, `labels."`+LabelPool+`"`)
@@ -503,6 +510,11 @@ func (r *Runtime) WarmContainers(ctx context.Context) ([]WarmContainer, error) {
 		return nil, wrapErr(err, "list pre-started containers")
 	}
 	var out []WarmContainer
+	live := map[string]bool{}
+	for _, c := range cs {
+		live[c.ID()] = true
+	}
+	r.pruneWarmDirs(live)
 	for _, c := range cs {
 		h := r.handle(c.ID())
 		if h == nil {
@@ -523,6 +535,33 @@ func (r *Runtime) WarmContainers(ctx context.Context) ([]WarmContainer, error) {
 		out = append(out, WarmContainer{ID: h.id, Pool: h.warm.Pool, Digest: h.warm.Digest, Ready: ready})
 	}
 	return out, nil
+}
+
+// pruneWarmDirs removes the directories of pre-started containers that
+// never came to be: a manager killed inside Prestart, after making the
+// directory and before containerd made the container (or a create that
+// failed with containerd gone), leaves one no container, and so no
+// DeleteWarm, will remove. live holds the IDs of the pre-started
+// containers containerd has; a directory with a claim stays (a call's
+// output, for PruneLogs), as does one this process is still making.
+func (r *Runtime) pruneWarmDirs(live map[string]bool) {
+	es, err := os.ReadDir(r.ioRoot)
+	if err != nil {
+		return
+	}
+	for _, e := range es {
+		id := e.Name()
+		if !e.IsDir() || !strings.HasPrefix(id, warmPrefix) || live[id] {
+			continue
+		}
+		if _, busy := r.prestarting.Load(id); busy {
+			continue
+		}
+		if _, err := os.Lstat(r.dir(id).file(claimFile)); err == nil {
+			continue // a call's, or a claim being made on a live container
+		}
+		os.RemoveAll(r.dir(id).path)
+	}
 }
 
 // DeleteWarm removes a pre-started container no call has claimed, with

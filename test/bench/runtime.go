@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/containerd/api/types/runc/options"
@@ -38,6 +39,19 @@ type ctrdWay struct {
 	// podNet, when set, runs every call with network: pod on this
 	// throwaway bridge network (the ctrd-podnet way).
 	podNet *cninet.Net
+	// exits holds when the runtime's event stream delivered each call's
+	// exit (call UID -> time.Time): the end of "process exit seen", before
+	// Wait collects the result (task status, metrics, output tails).
+	exits sync.Map
+}
+
+// exitSeen is when the exit of call uid arrived on the event stream.
+func (w *ctrdWay) exitSeen(uid string) (time.Time, bool) {
+	v, ok := w.exits.LoadAndDelete(uid)
+	if !ok {
+		return time.Time{}, false
+	}
+	return v.(time.Time), true
 }
 
 // newCtrdPodNetWay is the ctrd way with network: pod: its calls' extra
@@ -79,11 +93,16 @@ func newCtrdWay(ctx context.Context, cfg config, extra ...ctrd.Opt) (*ctrdWay, e
 		os.RemoveAll(ioRoot)
 		return nil, err
 	}
+	w := &ctrdWay{cfg: cfg, rt: rt, ioRoot: ioRoot}
 	wctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = rt.Watch(wctx, func(ctrd.Event) {})
+		_ = rt.Watch(wctx, func(ev ctrd.Event) {
+			if ev.Kind == ctrd.EventExit {
+				w.exits.LoadOrStore(ev.Call.UID, time.Now())
+			}
+		})
 	}()
 	// Watch subscribes asynchronously; give it a moment before the first call
 	// so its exit event is not missed.
@@ -95,7 +114,8 @@ func newCtrdWay(ctx context.Context, cfg config, extra ...ctrd.Opt) (*ctrdWay, e
 		return nil, err
 	}
 	time.Sleep(300 * time.Millisecond)
-	return &ctrdWay{cfg: cfg, rt: rt, ioRoot: ioRoot, stop: func() { cancel(); <-done }}, nil
+	w.stop = func() { cancel(); <-done }
+	return w, nil
 }
 
 func (w *ctrdWay) name() string {
@@ -123,7 +143,7 @@ func (w *ctrdWay) call(ctx context.Context, id string) (sample, error) {
 		_ = w.rt.Delete(context.WithoutCancel(ctx), uid)
 		return sample{}, err
 	}
-	t.lap("Wait")
+	w.lapWait(t, uid)
 	if err := w.rt.Delete(ctx, uid); err != nil {
 		return sample{}, err
 	}
@@ -134,6 +154,19 @@ func (w *ctrdWay) call(ctx context.Context, id string) (sample, error) {
 	// The full logs stay for retention; the benchmark does not keep them.
 	os.RemoveAll(s.LogDir)
 	return t.sample(), nil
+}
+
+// lapWait ends the phases "Exit" (until the exit event arrived) and
+// "Collect" (Wait reading the result); an exit found by Wait before its
+// event (it reads the state first) is a zero-length Collect.
+func (w *ctrdWay) lapWait(t *timer, uid string) {
+	now := time.Now()
+	at, ok := w.exitSeen(uid)
+	if !ok || at.After(now) {
+		at = now
+	}
+	t.lapAt("Exit", at)
+	t.lapAt("Collect", now)
 }
 
 func (w *ctrdWay) close() {
@@ -196,7 +229,7 @@ func (w *ctrdWarmWay) call(ctx context.Context, id string) (sample, error) {
 		_ = w.rt.Delete(context.WithoutCancel(ctx), uid)
 		return sample{}, err
 	}
-	t.lap("Wait")
+	w.lapWait(t, uid)
 	if err := w.rt.Delete(ctx, uid); err != nil {
 		return sample{}, err
 	}
