@@ -74,6 +74,9 @@ func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 		}
 	}
 	h, created, err := r.createContainer(ctx, id, callLabels(call), r.limitFor(call), ref, ci, opts)
+	if p.NetNS != "" {
+		r.net.made(id)
+	}
 	if err != nil {
 		return State{}, err
 	}

@@ -57,6 +57,7 @@ type podNetwork struct {
 	mu       sync.Mutex
 	ready    []string        // pool entries (dir names) ready to take
 	own      map[string]bool // pool entries this process made and has not given out
+	making   map[string]bool // pins wanted for containers not yet made (Recover leaves them)
 	wake     chan struct{}   // a pool entry was taken
 }
 
@@ -94,7 +95,7 @@ func WithPodNetwork(confDir string, binDirs []string, nsDir, resolvConf string) 
 			poolSize = r.net.poolSize
 		}
 		r.net = &podNetwork{cni: c, dir: nsDir, resolvConf: resolvConf, poolSize: poolSize,
-			own: map[string]bool{}, wake: make(chan struct{}, 1)}
+			own: map[string]bool{}, making: map[string]bool{}, wake: make(chan struct{}, 1)}
 		return nil
 	}
 }
@@ -144,6 +145,7 @@ func (n *podNetwork) fill(ctx context.Context) {
 		n.mu.Unlock()
 		if err := n.want(e); err == nil {
 			err = n.attach(ctx, e)
+			n.made(e) // own protects it from now on
 			if err == nil {
 				n.mu.Lock()
 				n.ready = append(n.ready, e)
@@ -194,7 +196,18 @@ func (n *podNetwork) nsPath(id string) string { return filepath.Join(n.dir, id, 
 // want records that container id is to have a pod network (before the
 // container is made, so that a crash right after leaves a pin to find).
 func (n *podNetwork) want(id string) error {
+	n.mu.Lock()
+	n.making[id] = true
+	n.mu.Unlock()
 	return os.MkdirAll(filepath.Join(n.dir, id), 0o700)
+}
+
+// made ends want's protection of id from Recover: its container exists
+// now, or its creation failed (then its Delete tears the pin down).
+func (n *podNetwork) made(id string) {
+	n.mu.Lock()
+	delete(n.making, id)
+	n.mu.Unlock()
 }
 
 func (n *podNetwork) wanted(id string) bool {
@@ -268,7 +281,14 @@ func (n *podNetwork) teardown(ctx context.Context, id string) error {
 		if b, err := os.ReadFile(filepath.Join(d, cniIDFile)); err == nil && len(b) > 0 {
 			cniID = string(b)
 		}
-		if err := n.cni.Remove(ctx, cniID, path); err != nil {
+		nsArg := path
+		if !isNetNS(path) {
+			// A pin cut short (a crash between creating the file and the
+			// mount, or after the unmount): no namespace to clean up in, but
+			// IPAM may still hold an address for the ID.
+			nsArg = ""
+		}
+		if err := n.cni.Remove(ctx, cniID, nsArg); err != nil {
 			return fmt.Errorf("CNI DEL %s: %w", cniID, err)
 		}
 		if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
@@ -353,13 +373,21 @@ func (r *Runtime) sweepNetworks(ctx context.Context, exists map[string]bool) err
 		return fmt.Errorf("pod network: %w", err)
 	}
 	r.net.mu.Lock()
-	own := maps.Clone(r.net.own)
+	keep := maps.Clone(r.net.own)
+	maps.Copy(keep, r.net.making)
 	r.net.mu.Unlock()
 	var errs []error
 	for _, id := range ids {
-		if !exists[id] && !own[id] { // pool entries of an earlier process go too
+		if !exists[id] && !keep[id] { // pool entries of an earlier process go too
 			errs = append(errs, r.teardownNetwork(ctx, id))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// isNetNS says whether path is a network namespace (a pin's bind mount),
+// not the empty file under it.
+func isNetNS(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.NSFS_MAGIC
 }

@@ -192,6 +192,9 @@ func (r *Runtime) Prestart(ctx context.Context, spec WarmSpec) (string, error) {
 		labelWarmProfile: string(js),
 	}
 	h, _, err := r.createContainer(ctx, id, labels, r.outputLimit, ref, ci, opts)
+	if pol.NetNS != "" {
+		r.net.made(id)
+	}
 	if err != nil {
 		os.RemoveAll(d.path)
 		return "", err

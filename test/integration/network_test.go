@@ -87,7 +87,7 @@ func TestPodNetworkCalls(t *testing.T) {
 	// The manager is killed while the server runs; the next one cancels
 	// it and tears down a namespace it did not set up.
 	m1.Kill9()
-	startManager(t, "n1", logs, "--cni-conf-dir", n.ConfDir,
+	m1 = startManager(t, "n1", logs, "--cni-conf-dir", n.ConfDir,
 		"--cni-bin-dir", strings.Join(cninet.BinDirs, ","), "--netns-dir", n.NSDir)
 	var fc fnletv1.FunctionCall
 	if err := env.k8s.Get(context.Background(), server, &fc); err != nil {
@@ -109,5 +109,9 @@ func TestPodNetworkCalls(t *testing.T) {
 	const ahead = 2 // --pod-network-pool's default, refilled after the calls
 	if (l != cninet.Leaks{Addresses: ahead, Veths: ahead, Chains: ahead, Pins: ahead}) {
 		t.Errorf("left on the pod network after the calls: %s; want only the %d attached ahead", l, ahead)
+	}
+	m1.Stop() // a clean stop takes the namespaces attached ahead with it
+	if l, err := n.Count(); err != nil || !l.Zero() {
+		t.Errorf("left on the pod network after the manager stopped: %s (%v)", l, err)
 	}
 }
