@@ -248,7 +248,7 @@ func (r *FunctionCallReconciler) claimTurn(ctx context.Context, fc *fnletv1.Func
 		}
 	}
 	now := r.Clock.Now()
-	self := Node{Name: r.NodeName, Labels: r.NodeLabels, MaxMemoryBytes: r.Limits.MaxMemoryBytes, MaxMilliCPU: r.Limits.MaxMilliCPU}
+	self := Node{Name: r.NodeName, Labels: r.NodeLabels, MaxMemoryBytes: r.Limits.MaxMemoryBytes, MaxMilliCPU: r.Limits.MaxMilliCPU, Networks: r.Limits.Networks}
 	p := place(fc, self, nodes, now, r.Limits)
 	switch {
 	case p.unschedulable != "":

@@ -1487,6 +1487,7 @@ func TestUnitReconcileUnschedulable(t *testing.T) {
 	cases := map[string]struct {
 		call        *fnletv1.FunctionCall
 		nodes       staticNodes
+		networks    []fnletv1.NetworkMode // this node's
 		wantMessage string
 	}{
 		"spec.nodeName of a node with no live manager": {
@@ -1504,11 +1505,19 @@ func TestUnitReconcileUnschedulable(t *testing.T) {
 			nodes:       staticNodes{{Name: otherNode, MaxMemoryBytes: 2 << 30, ExpiresAt: t0.Add(time.Hour)}},
 			wantMessage: "0/2 fnlet nodes are available: 2 memory over the node's maximum",
 		},
+		"network: pod where no node has it": {
+			call: newCall("a").Network(fnletv1.NetworkPod).Obj(),
+			nodes: staticNodes{{Name: otherNode, Networks: []fnletv1.NetworkMode{fnletv1.NetworkNone, fnletv1.NetworkHost},
+				ExpiresAt: t0.Add(time.Hour)}},
+			networks:    []fnletv1.NetworkMode{fnletv1.NetworkNone},
+			wantMessage: "0/2 fnlet nodes are available: 2 no network: pod",
+		},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, tc.call)
 			h.r.Nodes = tc.nodes
+			h.r.Limits.Networks = tc.networks
 			reporter := rendezvous(uidOf("a"), []string{testNode, otherNode})[0] == testNode || len(tc.nodes) == 1 && tc.nodes[0].Name == "node-gone"
 			if !reporter {
 				// This node is not the reporter: it writes nothing.
@@ -1535,7 +1544,7 @@ func TestUnitReconcileUnschedulable(t *testing.T) {
 			}
 
 			// A fitting node appears (here: this node's limits allow it).
-			h.r.Nodes, h.r.NodeLabels, h.r.Limits.MaxMemoryBytes = nil, labels.Set{"zone": "z"}, 0
+			h.r.Nodes, h.r.NodeLabels, h.r.Limits.MaxMemoryBytes, h.r.Limits.Networks = nil, labels.Set{"zone": "z"}, 0, nil
 			got.Spec.NodeName = ""
 			if err := h.client.Update(context.Background(), got); err != nil {
 				t.Fatal(err)

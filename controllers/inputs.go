@@ -30,6 +30,10 @@ type Limits struct {
 	DefaultMilliCPU    int64
 	MaxMilliCPU        int64
 	DefaultPids        int64
+	// Networks are the networks this node runs calls on (none always; pod
+	// with --cni-conf-dir, host with --allow-host-network); nil: not said,
+	// every network is taken for possible (an older manager's Lease).
+	Networks []fnletv1.NetworkMode
 }
 
 // NamespaceReaderRole is the ClusterRole shipped in

@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +35,7 @@ const (
 	annMaxMemory  = "fnlet.dev/max-memory-bytes"
 	annMaxCPU     = "fnlet.dev/max-millicpu"
 	annLogAddress = "fnlet.dev/log-address"
+	annNetworks   = "fnlet.dev/networks"
 )
 
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update,namespace=fnlet-system
@@ -44,6 +46,8 @@ type Node struct {
 	Labels         labels.Set
 	MaxMemoryBytes int64 // 0: no maximum
 	MaxMilliCPU    int64 // 0: no maximum
+	// Networks the node runs calls on; nil when its Lease does not say.
+	Networks []fnletv1.NetworkMode
 	// LogAddress is host:port of the node's log API (internal/logapi),
 	// where a peer forwards a request for a call of this node; empty when
 	// the node serves none.
@@ -93,6 +97,14 @@ func nodeOf(l *coordinationv1.Lease) (Node, bool) {
 	n.MaxMemoryBytes, _ = strconv.ParseInt(l.Annotations[annMaxMemory], 10, 64)
 	n.MaxMilliCPU, _ = strconv.ParseInt(l.Annotations[annMaxCPU], 10, 64)
 	n.LogAddress = l.Annotations[annLogAddress]
+	if v, ok := l.Annotations[annNetworks]; ok {
+		n.Networks = []fnletv1.NetworkMode{}
+		for _, m := range strings.Split(v, ",") {
+			if m != "" {
+				n.Networks = append(n.Networks, fnletv1.NetworkMode(m))
+			}
+		}
+	}
 	return n, true
 }
 
@@ -118,6 +130,9 @@ func fits(fc *fnletv1.FunctionCall, n Node, lim Limits) (bool, string) {
 	}
 	if n.MaxMemoryBytes > 0 && mem > n.MaxMemoryBytes {
 		return false, "memory over the node's maximum"
+	}
+	if net := fc.Spec.Network; net != "" && net != fnletv1.NetworkNone && n.Networks != nil && !slices.Contains(n.Networks, net) {
+		return false, "no network: " + string(net)
 	}
 	if n.MaxMilliCPU > 0 && cpu > n.MaxMilliCPU {
 		return false, "cpu over the node's maximum"
@@ -350,6 +365,13 @@ func (l *NodeLease) write(ctx context.Context, d time.Duration) error {
 	lease.Annotations[annNodeLabels] = string(lbl)
 	lease.Annotations[annMaxMemory] = strconv.FormatInt(l.Node.MaxMemoryBytes, 10)
 	lease.Annotations[annMaxCPU] = strconv.FormatInt(l.Node.MaxMilliCPU, 10)
+	if l.Node.Networks != nil {
+		ns := make([]string, len(l.Node.Networks))
+		for i, m := range l.Node.Networks {
+			ns[i] = string(m)
+		}
+		lease.Annotations[annNetworks] = strings.Join(ns, ",")
+	}
 	if l.Node.LogAddress != "" {
 		lease.Annotations[annLogAddress] = l.Node.LogAddress
 	} else {

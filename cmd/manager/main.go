@@ -29,6 +29,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 	"github.com/fnlet/fnlet/controllers"
 	"github.com/fnlet/fnlet/internal/ctrd"
 	"github.com/fnlet/fnlet/internal/logapi"
@@ -182,6 +183,13 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 	lim.DefaultPids = o.defaultPids
+	lim.Networks = []fnletv1.NetworkMode{fnletv1.NetworkNone}
+	if o.cniConfDir != "" {
+		lim.Networks = append(lim.Networks, fnletv1.NetworkPod)
+	}
+	if o.allowHostNetwork {
+		lim.Networks = append(lim.Networks, fnletv1.NetworkHost)
+	}
 
 	rtOpts := []ctrd.Opt{
 		ctrd.WithNamespace(o.containerdNamespace), ctrd.WithOCIRuntime(o.ociRuntime), ctrd.WithIORoot(o.ioRoot),

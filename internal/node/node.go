@@ -144,7 +144,8 @@ func New(ctx context.Context, cfg *rest.Config, o Options) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{Manager: mgr, Unassigned: unassigned, Events: make(chan event.GenericEvent, 1024)}
-	self := controllers.Node{Name: o.NodeName, Labels: nodeLabels, MaxMemoryBytes: o.Limits.MaxMemoryBytes, MaxMilliCPU: o.Limits.MaxMilliCPU, LogAddress: o.LogAddress}
+	self := controllers.Node{Name: o.NodeName, Labels: nodeLabels, MaxMemoryBytes: o.Limits.MaxMemoryBytes, MaxMilliCPU: o.Limits.MaxMilliCPU,
+		Networks: o.Limits.Networks, LogAddress: o.LogAddress}
 	n.Lease = &controllers.NodeLease{Client: mgr.GetClient(), Namespace: o.LeaseNamespace, Node: self,
 		Duration: o.LeaseDuration, RenewInterval: o.LeaseRenew, Clock: clock.RealClock{}}
 	if err := mgr.Add(n.Lease); err != nil {

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -56,11 +58,17 @@ func TestPodNetworkCalls(t *testing.T) {
 			t.Errorf("stderr %q", fc.Status.Stderr)
 		}
 	})
-	t.Run("a node without the pod network says so", func(t *testing.T) {
-		fc := waitFinished(t, create(t, call("elsewhere", ns, "n2").Network(fnletv1.NetworkPod).Args("-exit", "0").Obj()), time.Minute)
-		expectOutcome(t, fc, fnletv1.PhaseFailed, fnletv1.ReasonInvalidSpec, nil)
-		if !strings.Contains(fc.Status.Message, "--cni-conf-dir") {
-			t.Errorf("message %q does not name the flag", fc.Status.Message)
+	t.Run("a node without the pod network is not a place for it", func(t *testing.T) {
+		// The nodes' Leases say which networks they run: a call bound to a
+		// node without the pod network is Unschedulable, as a Pod would be.
+		key := create(t, call("elsewhere", ns, "n2").Network(fnletv1.NetworkPod).Args("-exit", "0").Obj())
+		fc := env.calls.WaitFor(t, key, time.Minute, "Claimed=False", func(fc *fnletv1.FunctionCall) bool {
+			c := meta.FindStatusCondition(fc.Status.Conditions, fnletv1.ConditionClaimed)
+			return c != nil && c.Status == metav1.ConditionFalse
+		})
+		c := meta.FindStatusCondition(fc.Status.Conditions, fnletv1.ConditionClaimed)
+		if c.Reason != "Unschedulable" || !strings.Contains(c.Message, "no network: pod") || fc.Status.NodeName != "" {
+			t.Errorf("condition %s: %s (node %q)", c.Reason, c.Message, fc.Status.NodeName)
 		}
 	})
 
