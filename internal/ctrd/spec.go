@@ -28,6 +28,8 @@ type Policy struct {
 	// with the call's ExitFile (a host path) to record the exit code in.
 	InitBinary string
 	ExitFile   string
+	// VolumeRoot is the host directory of the call's file volumes.
+	VolumeRoot string
 }
 
 // specOpts turns a call and its image config into OCI spec options, one
@@ -40,6 +42,9 @@ func specOpts(call Call, img ocispec.ImageConfig, p Policy) ([]oci.SpecOpts, err
 	}
 	if call.Privileged && !p.AllowPrivileged {
 		return nil, errdefs.ErrInvalidArgument.WithMessage("privileged calls are not allowed on this node (manager flag --allow-privileged)")
+	}
+	if err := checkVolumes(call); err != nil {
+		return nil, err
 	}
 	args, err := processArgs(img, call.Command, call.Args)
 	if err != nil {
@@ -60,6 +65,9 @@ func specOpts(call Call, img ocispec.ImageConfig, p Policy) ([]oci.SpecOpts, err
 	opts = append(opts, withResources(call)...)
 	if call.ReadOnlyRootfs {
 		opts = append(opts, oci.WithRootFSReadonly())
+	}
+	if call.hasMounts() {
+		opts = append(opts, withVolumes(call, p.VolumeRoot))
 	}
 	if call.HostNetwork {
 		opts = append(opts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostHostsFile, oci.WithHostResolvconf)
