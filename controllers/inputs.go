@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
@@ -77,6 +78,7 @@ func (ir inputResolver) notGranted(what, ns string) error {
 // buildCall turns a FunctionCall into the runtime's Call plus the registry
 // logins from its imagePullSecrets.
 func (ir inputResolver) buildCall(ctx context.Context, fc *fnletv1.FunctionCall, lim Limits) (ctrd.Call, ctrd.RegistryAuth, error) {
+	ctx = withoutBodyLogs(ctx)
 	spec := &fc.Spec
 	call := ctrd.Call{
 		UID:         string(fc.UID),
@@ -209,6 +211,37 @@ func (ir inputResolver) keyValue(ctx context.Context, ns string, sec *corev1.Sec
 		return "", invalidSpec("ConfigMap %s/%s has no key %q", ns, cm.Name, cm.Key)
 	}
 	return "", invalidSpec("no value source")
+}
+
+// maxReadVerbosity caps the verbosity of the logger that client-go finds
+// in the context of inputResolver's reads: from V(8) on it logs request
+// and response bodies, and a Secret's body is its data. A manager run with
+// --zap-log-level=8 or more would otherwise log every Secret a call uses
+// (TestSecretNeverLeaks).
+const maxReadVerbosity = 7
+
+func withoutBodyLogs(ctx context.Context) context.Context {
+	sink := logr.FromContextOrDiscard(ctx).GetSink()
+	if sink == nil {
+		return ctx
+	}
+	return logr.NewContext(ctx, logr.New(cappedSink{LogSink: sink, max: maxReadVerbosity}))
+}
+
+// cappedSink is a LogSink that drops messages above verbosity max.
+type cappedSink struct {
+	logr.LogSink
+	max int
+}
+
+func (c cappedSink) Enabled(level int) bool { return level <= c.max && c.LogSink.Enabled(level) }
+
+func (c cappedSink) WithValues(kv ...any) logr.LogSink {
+	return cappedSink{LogSink: c.LogSink.WithValues(kv...), max: c.max}
+}
+
+func (c cappedSink) WithName(name string) logr.LogSink {
+	return cappedSink{LogSink: c.LogSink.WithName(name), max: c.max}
 }
 
 // defaultFileMode is the mode of a volume's files when the call sets none,

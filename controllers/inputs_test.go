@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -429,5 +431,23 @@ func TestUnitCommandWarning(t *testing.T) {
 				t.Errorf("commandWarning = %q, want it to contain %q and explain why", got, tc.want)
 			}
 		})
+	}
+}
+
+// Reads of Secrets run under a logger that drops V(8) and above, where
+// client-go logs request and response bodies (a Secret's data); the rest
+// of the manager's verbosity is untouched.
+func TestUnitReadsDoNotLogBodies(t *testing.T) {
+	var lines []string
+	base := funcr.New(func(prefix, args string) { lines = append(lines, args) }, funcr.Options{Verbosity: 10})
+	ctx := withoutBodyLogs(logr.NewContext(context.Background(), base.WithName("reconcile")))
+	l := logr.FromContextOrDiscard(ctx).WithValues("call", "a")
+	l.V(8).Info("Response Body", "body", "s3cret")
+	l.V(7).Info("kept")
+	if len(lines) != 1 || !strings.Contains(lines[0], "kept") || strings.Contains(strings.Join(lines, "\n"), "s3cret") {
+		t.Errorf("logged %q, want only the V(7) line", lines)
+	}
+	if !base.V(8).Enabled() {
+		t.Errorf("the manager's own logger lost its verbosity")
 	}
 }
