@@ -156,6 +156,32 @@ func testSamples(ctx context.Context, t *testing.T, c client.Client) {
 			t.Errorf("%s: %v", filepath.Base(p), err)
 		}
 	}
+	// The namespace samples hold calls among other objects: their calls
+	// must pass admission too.
+	paths, err = filepath.Glob(filepath.Join("..", "..", "config", "samples", "namespace_*.yaml"))
+	if err != nil || len(paths) == 0 {
+		t.Fatalf("no namespace samples found: %v", err)
+	}
+	for _, p := range paths {
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range strings.Split(string(raw), "\n---\n") {
+			u := &unstructured.Unstructured{}
+			if err := yaml.Unmarshal([]byte(doc+"\n"), &u.Object); err != nil {
+				t.Fatalf("%s: %v", p, err)
+			}
+			if u.GetKind() != "FunctionCall" {
+				continue
+			}
+			u.SetNamespace("default")
+			u.SetName("sample-" + u.GetName())
+			if err := c.Create(ctx, u); err != nil {
+				t.Errorf("%s: %v", filepath.Base(p), err)
+			}
+		}
+	}
 }
 
 func testCreate(ctx context.Context, t *testing.T, c client.Client) {

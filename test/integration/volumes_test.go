@@ -14,7 +14,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	ctrlclient "sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 	"github.com/fnlet/fnlet/internal/testenv/kubeapi"
@@ -245,4 +247,58 @@ func TestSecretNeverLeaks(t *testing.T) {
 		}
 	}
 	t.Logf("scanned %d statuses, %d events and %d bytes of manager log", len(calls.Items), len(events.Items), len(scan["manager log"]))
+}
+
+// TestVolumeSamples runs the volume samples of config/samples as written
+// (their objects moved to a test namespace, the opt-in granted to the
+// suite's manager user) and checks what their comments promise.
+func TestVolumeSamples(t *testing.T) {
+	requireEnv(t)
+	const node = "it-volume-samples"
+	startManager(t, node, t.TempDir())
+	ns := newNamespace(t)
+	ctx := context.Background()
+	if err := kubeapi.GrantNamespace(ctx, env.k8s, ns); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"scratch":     "tmp: written\nroot: read-only\nwork: No space left on device\n",
+		"read-config": "level: debug\nretries: 3\n400 1000:1000 12 bytes /var/run/secrets/api/token\n",
+	}
+	var names []string
+	for _, file := range []string{"fnlet_v1alpha1_functioncall_scratch.yaml", "namespace_volumes.yaml"} {
+		raw, err := os.ReadFile(filepath.Join("..", "..", "config", "samples", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range strings.Split(string(raw), "\n---\n") {
+			u := &unstructured.Unstructured{}
+			if err := yaml.Unmarshal([]byte(doc+"\n"), &u.Object); err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			switch u.GetKind() {
+			case "Namespace", "RoleBinding": // the test's namespace, granted above
+				continue
+			case "FunctionCall":
+				if err := unstructured.SetNestedField(u.Object, node, "spec", "nodeName"); err != nil {
+					t.Fatal(err)
+				}
+				names = append(names, u.GetName())
+			}
+			u.SetNamespace(ns)
+			if err := env.k8s.Create(ctx, u); err != nil {
+				t.Fatalf("%s: create %s %s: %v", file, u.GetKind(), u.GetName(), err)
+			}
+		}
+	}
+	if len(names) != len(want) {
+		t.Fatalf("sample calls %v, want %d", names, len(want))
+	}
+	for _, name := range names {
+		fc := waitFinished(t, ctrlclient.ObjectKey{Namespace: ns, Name: name}, 30*time.Second)
+		expectOutcome(t, fc, fnletv1.PhaseSucceeded, fnletv1.ReasonCompleted, i32(0))
+		if fc.Status.Stdout != want[name] {
+			t.Errorf("%s: stdout %q, want %q (stderr %q)", name, fc.Status.Stdout, want[name], fc.Status.Stderr)
+		}
+	}
 }
