@@ -221,18 +221,21 @@ func writeVolumeFile(dir string, f File, uid, gid uint32) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return err
 	}
-	// Created 0600 and only then given to the call's user and mode, so no
-	// one else ever holds it open with wider rights.
+	// Created 0600 and only then given its mode and the call's user, so no
+	// one else ever holds it open with wider rights. Mode first: once the
+	// file is the call's, changing its mode would need CAP_FOWNER.
 	fh, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
 	}
 	_, werr := fh.Write(f.Data)
 	if werr == nil {
-		werr = fh.Chown(int(uid), int(gid))
-	}
-	if werr == nil {
 		werr = fh.Chmod(f.Mode)
+	}
+	if werr == nil && (uid != 0 || gid != 0) {
+		if werr = fh.Chown(int(uid), int(gid)); errors.Is(werr, syscall.EPERM) {
+			werr = fmt.Errorf("give it to the call's user %d:%d: %w (the manager needs CAP_CHOWN, as config/manager/daemonset.yaml grants)", uid, gid, werr)
+		}
 	}
 	if cerr := fh.Close(); werr == nil {
 		werr = cerr
