@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -252,5 +253,52 @@ func TestVolumeFilesStayPrivateOnTheNode(t *testing.T) {
 	}
 	if _, err := os.Stat(d.volumeRoot()); !os.IsNotExist(err) {
 		t.Errorf("volumes left: %v", err)
+	}
+}
+
+// TestVolumeFilesWithTheDaemonSetsCapabilities: the DaemonSet runs the
+// manager as root with every capability dropped but CAP_CHOWN; that is
+// enough to give a volume's files to the call's user with their mode, and
+// without CAP_CHOWN the error says what is missing. The test re-runs itself
+// under setpriv with those bounding sets.
+func TestVolumeFilesWithTheDaemonSetsCapabilities(t *testing.T) {
+	if os.Getenv("FNLET_CAPS_CHILD") != "" {
+		d := callDir{filepath.Join(t.TempDir(), "c1")}
+		if err := os.MkdirAll(d.path, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		err := d.writeVolumes([]Volume{{Name: "s", MountPath: "/s", Files: []File{{Path: "token", Data: []byte("x"), Mode: 0o400}}}}, 1234, 1234)
+		if err != nil {
+			fmt.Println("WRITE-ERROR:", err)
+			return
+		}
+		fi, err := os.Stat(filepath.Join(d.volumeRoot(), "s", "token"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("WRITTEN: %#o %d\n", fi.Mode().Perm(), fi.Sys().(*syscall.Stat_t).Uid)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: it drops capabilities from root's bounding set, as the DaemonSet does")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv (util-linux) not found: cannot run with the DaemonSet's capabilities")
+	}
+	for caps, want := range map[string]string{
+		"-all,+chown": "WRITTEN: 0400 1234",
+		"-all":        "WRITE-ERROR: volume s: file token: give it to the call's user 1234:1234",
+	} {
+		cmd := exec.Command(setpriv, "--bounding-set="+caps, "--inh-caps=-all", os.Args[0],
+			"-test.run=^TestVolumeFilesWithTheDaemonSetsCapabilities$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "FNLET_CAPS_CHILD=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), want) {
+			t.Errorf("bounding set %s: err %v, output:\n%s\nwant it to contain %q", caps, err, out, want)
+		}
+		if strings.HasPrefix(want, "WRITE-ERROR") && !strings.Contains(string(out), "the manager needs CAP_CHOWN") {
+			t.Errorf("bounding set %s: the error does not name CAP_CHOWN:\n%s", caps, out)
+		}
 	}
 }
