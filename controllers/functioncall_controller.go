@@ -213,6 +213,7 @@ func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.Function
 	fc.Status.ClaimedAt = &now
 	fc.Status.ContainerID = ctrd.ContainerID(string(fc.UID))
 	fc.Status.LogDir = ""
+	fc.Status.PodIP = ""
 	fc.Status.ObservedGeneration = fc.Generation
 	setCondition(fc, fnletv1.ConditionClaimed, metav1.ConditionTrue, "Claimed", "claimed by node "+r.NodeName)
 	if err := r.updateStatus(ctx, fc); err != nil {
@@ -433,7 +434,10 @@ func (r *FunctionCallReconciler) start(ctx context.Context, fc *fnletv1.Function
 		return r.runtimeFailure(ctx, fc, fmt.Errorf("start: %w", err))
 	}
 	if st.Phase == ctrd.PhaseExited {
-		// An earlier attempt's container, which exited meanwhile.
+		// An earlier attempt's container, which exited meanwhile (a manager
+		// restarted before its Running write): the final status carries
+		// the start too — container, log dir, and the pool that ran it.
+		r.applyStarted(fc, st)
 		return r.finish(ctx, fc, st)
 	}
 	if r.runningWriteDelay() > 0 {
@@ -540,6 +544,7 @@ func (r *FunctionCallReconciler) applyStarted(fc *fnletv1.FunctionCall, st ctrd.
 	fc.Status.StartedAt = &started
 	fc.Status.ContainerID = st.ContainerID
 	fc.Status.LogDir = st.LogDir
+	fc.Status.PodIP = st.IP
 	fc.Status.Pool = ""
 	if st.Pool != "" {
 		fc.Status.Pool = splitPoolKey(st.Pool).Name

@@ -919,9 +919,10 @@ func TestUnitReconcileFinish(t *testing.T) {
 			wantFinished: now,
 		},
 		"an exit found while the status still says Pending": {
-			call:         claimedCall("a").Obj(),
-			res:          ctrd.Result{ExitCode: 0, StartedAt: t0.Add(time.Second)},
-			wantView:     callView{Phase: fnletv1.PhaseSucceeded, Reason: fnletv1.ReasonCompleted, ExitCode: ptr.To[int32](0), NodeName: testNode, Attempts: 1, Conditions: finishedConds(claimedConds, fnletv1.ReasonCompleted)},
+			call: claimedCall("a").Obj(),
+			res:  ctrd.Result{ExitCode: 0, StartedAt: t0.Add(time.Second)},
+			// The final status carries the start: Started, ImageReady.
+			wantView:     callView{Phase: fnletv1.PhaseSucceeded, Reason: fnletv1.ReasonCompleted, ExitCode: ptr.To[int32](0), NodeName: testNode, Attempts: 1, Conditions: finishedConds(runningConds, fnletv1.ReasonCompleted)},
 			wantMessage:  "exited with code 0",
 			wantFinished: now,
 			// The attempt that made the container counts, though its write was lost.
@@ -957,6 +958,9 @@ func TestUnitReconcileFinish(t *testing.T) {
 			}
 			checkEvents(t, h.events(), wantEvents)
 			checkRuntime(t, h.rt.recorded(), wantRuntime)
+			if got.Status.ContainerID != ctrd.ContainerID("uid-a") {
+				t.Errorf("final status names container %q, want %s", got.Status.ContainerID, ctrd.ContainerID("uid-a"))
+			}
 			if got.Status.Stdout != tc.wantStdout || got.Status.Stderr != tc.wantStderr {
 				t.Errorf("stdout, stderr = %q, %q; want %q, %q", got.Status.Stdout, got.Status.Stderr, tc.wantStdout, tc.wantStderr)
 			}

@@ -262,7 +262,7 @@ func (r *FunctionPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request
 // warmSpec is the runtime profile of a pool.
 func (r *FunctionPoolReconciler) warmSpec(pool *fnletv1.FunctionPool) ctrd.WarmSpec {
 	w := ctrd.WarmSpec{Pool: poolKey(pool.Namespace, pool.Name), Image: pool.Spec.Image,
-		HostNetwork: pool.Spec.Network == fnletv1.NetworkHost}
+		HostNetwork: pool.Spec.Network == fnletv1.NetworkHost, PodNetwork: pool.Spec.Network == fnletv1.NetworkPod}
 	if res := pool.Spec.Resources; res != nil {
 		if res.Memory != nil {
 			w.MemoryBytes = res.Memory.Value()

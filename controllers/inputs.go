@@ -89,6 +89,7 @@ func (ir inputResolver) buildCall(ctx context.Context, fc *fnletv1.FunctionCall,
 		Args:        spec.Args,
 		WorkingDir:  spec.WorkingDir,
 		HostNetwork: spec.Network == fnletv1.NetworkHost,
+		PodNetwork:  spec.Network == fnletv1.NetworkPod,
 	}
 	for _, e := range spec.Env {
 		v := e.Value

@@ -8,6 +8,14 @@
 #   ctrd   internal/ctrd directly; raw: the containerd Go client alone;
 #   ctr    `ctr run --rm`; pod: a plain Pod on the real node, when the
 #          cluster of hack/cluster-up.sh is up (BENCH_POD=1 starts it).
+#   fnlet-warm  as fnlet, but each call runs in a pre-started container of
+#          a FunctionPool this run creates (status.pool checked: hit rate);
+#   ctrd-warm   internal/ctrd claim -> exit -> delete of a pre-started one.
+#
+# Warm starts also get: the refill capacity (containers pre-started per
+# second, internal/ctrd, before the manager starts), warm calls at a steady
+# rate below it (hit rate, latency, CPU per call beside cold calls at the
+# same rate) and the issue's goals for them.
 #
 # Then fnlet alone at concurrency 8 (latency) and in closed loops at 8 and
 # 32 (throughput), the manager's peak RSS and CPU, apiserver writes per
@@ -32,6 +40,10 @@
 #   BENCH_MANAGER_ARGS=   extra manager flags for ablations ("--workers 32")
 #   BENCH_RUNTIME=runc    OCI runtime: runc or crun (crun fails cleanly where
 #                         the host's cgroups do not suit Debian's crun)
+#   BENCH_POOL_SIZE=4     size of the fnlet-warm way's FunctionPool
+#   BENCH_REFILL_RATE=5   the manager's --pool-refill-rate
+#   BENCH_REFILL_N=16     containers pre-started to measure refill capacity
+#   BENCH_WARM_N=         warm (and cold) calls of the paced run (default BENCH_N)
 #   BENCH_NODE=bench-$(hostname)  the manager's node name; not the real
 #                         node's, so a DaemonSet manager there claims nothing
 # Extra arguments go to the program (go run ./test/bench -h), e.g.
@@ -107,13 +119,13 @@ fi
 KUBECONFIG=$(hack/control-plane-up.sh | tail -1)
 export KUBECONFIG
 kubectl_admin apply -f config/crd/bases >/dev/null
-kubectl_admin wait --for condition=established --timeout=60s crd/functioncalls.fnlet.dev >/dev/null
+kubectl_admin wait --for condition=established --timeout=60s crd/functioncalls.fnlet.dev crd/functionpools.fnlet.dev >/dev/null
 
 # node_ready: the real node of hack/cluster-up.sh is Ready.
 node_ready() {
 	[ "$(kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
-modes=fnlet,ctrd,raw,ctr
+modes=fnlet,fnlet-warm,ctrd,ctrd-warm,ctrd-podnet,raw,ctr
 pod_args=()
 if [ "${BENCH_POD:-}" = 1 ] && ! { cluster_running && node_ready; }; then
 	cluster_running || started+=(cluster)
@@ -150,6 +162,8 @@ rc=0
 	-n "${BENCH_N:-100}" -runtime "${BENCH_RUNTIME:-runc}" -init "$tmp/fnlet-init" -duration "${BENCH_DURATION:-60s}" \
 	-throughput "${BENCH_THROUGHPUT-8,32}" -profile-seconds "${BENCH_PROFILE_SECONDS:-20}" -profile-out "$profile" \
 	-cache-calls "${BENCH_CACHE_CALLS:-10000}" -manager-args "${BENCH_MANAGER_ARGS:-}" \
+	-pool-size "${BENCH_POOL_SIZE:-4}" -pool-refill-rate "${BENCH_REFILL_RATE:-5}" -refill-n "${BENCH_REFILL_N:-16}" \
+	-warm-n "${BENCH_WARM_N:-0}" \
 	-timeout "${BENCH_TIMEOUT:-40m}" -out "$FNLET_ROOT/bench-results" "${pod_args[@]}" "$@" || rc=$?
 if [ "$rc" -ne 0 ]; then
 	if [ "${BENCH_RUNTIME:-runc}" != runc ]; then

@@ -157,6 +157,10 @@ main() {
 	for l in /var/log/containers/*.log; do
 		[ -L "$l" ] && case "$(readlink "$l")" in "$POD_LOGS_DIR"/*) rm -f "$l" ;; esac
 	done
+	if [ -f "$CLUSTER_STATE/made-netns-shared" ]; then
+		umount -l /run/fnlet/netns 2>/dev/null || true
+		rm -f "$CLUSTER_STATE/made-netns-shared"
+	fi
 	if [ -f "$SYSCTL_ORIG" ]; then
 		sysctl -q -e -p "$SYSCTL_ORIG" >/dev/null 2>&1 || log "warning: could not restore every sysctl in $SYSCTL_ORIG"
 		rm -f "$SYSCTL_ORIG"

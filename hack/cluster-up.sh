@@ -98,6 +98,17 @@ start_scheduler() {
 # restores them. Saved once, so a re-run does not record our own values.
 prepare_host() {
 	mkdir -p "$CLUSTER_STATE"
+	# network: pod (config/components/pod-network) mounts /run/fnlet/netns
+	# Bidirectional, which the runtime allows only on a shared mount. A
+	# systemd host's / is shared; this one may not be: then the directory is
+	# made a shared mount of its own (cluster-down.sh undoes it).
+	mkdir -p /run/fnlet/netns
+	if ! findmnt -n -o PROPAGATION --target /run/fnlet/netns | grep -q shared; then
+		mountpoint -q /run/fnlet/netns || mount --bind /run/fnlet/netns /run/fnlet/netns
+		mount --make-shared /run/fnlet/netns
+		touch "$CLUSTER_STATE/made-netns-shared"
+		log "made /run/fnlet/netns a shared mount (for config/components/pod-network)"
+	fi
 	[ -d /proc/sys/net/bridge ] || modprobe br_netfilter 2>/dev/null ||
 		log "warning: no br_netfilter; service IPs may not work from pods"
 	if [ ! -f "$SYSCTL_ORIG" ]; then

@@ -138,8 +138,11 @@ type FunctionCallSpec struct {
 	// +kubebuilder:validation:MaxProperties=16
 	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
 
-	// Network is the network the process sees: none (only loopback) or host
-	// (the node's network; the manager must allow it).
+	// Network is the network the process sees: none (only loopback), pod
+	// (a network namespace of its own on the node's pod network, through
+	// CNI, with an address from the node's pod range: egress like a Pod's;
+	// the node's manager must have it enabled, --cni-conf-dir) or host (the
+	// node's network; the manager must allow it).
 	// +optional
 	// +kubebuilder:default=none
 	Network NetworkMode `json:"network,omitempty"`
@@ -454,13 +457,17 @@ type CallResources struct {
 }
 
 // NetworkMode is the network namespace a call runs in.
-// +kubebuilder:validation:Enum=none;host
+// +kubebuilder:validation:Enum=none;pod;host
 type NetworkMode string
 
 const (
 	// NetworkNone gives the process its own network namespace with only a
 	// loopback interface.
 	NetworkNone NetworkMode = "none"
+
+	// NetworkPod gives the process a network namespace of its own attached
+	// to the node's pod network through CNI, as a Pod's.
+	NetworkPod NetworkMode = "pod"
 
 	// NetworkHost shares the node's network namespace. A manager runs such
 	// calls only when started with permission to.
@@ -680,6 +687,10 @@ type FunctionCallStatus struct {
 	// +kubebuilder:validation:MaxLength=4096
 	LogDir string `json:"logDir,omitempty"`
 
+	// PodIP is the call's address on the pod network (network: pod).
+	// +optional
+	PodIP string `json:"podIP,omitempty"`
+
 	// Usage is what the process consumed.
 	// +optional
 	Usage *Usage `json:"usage,omitempty"`
@@ -731,6 +742,7 @@ fails when a spec field has no rule here.
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.reason`
 // +kubebuilder:printcolumn:name="Exit",type=integer,JSONPath=`.status.exitCode`
 // +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.status.nodeName`
+// +kubebuilder:printcolumn:name="IP",type=string,JSONPath=`.status.podIP`,priority=1
 // +kubebuilder:printcolumn:name="Started",type=date,JSONPath=`.status.startedAt`,priority=1
 // +kubebuilder:printcolumn:name="Finished",type=date,JSONPath=`.status.finishedAt`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

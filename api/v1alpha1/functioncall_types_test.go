@@ -163,7 +163,7 @@ func TestUnitCRDShape(t *testing.T) {
 	for _, c := range v.AdditionalPrinterColumns {
 		columns = append(columns, c.Name)
 	}
-	if want := []string{"Phase", "Reason", "Exit", "Node", "Started", "Finished", "Age"}; !reflect.DeepEqual(columns, want) {
+	if want := []string{"Phase", "Reason", "Exit", "Node", "IP", "Started", "Finished", "Age"}; !reflect.DeepEqual(columns, want) {
 		t.Errorf("printer columns = %v, want %v", columns, want)
 	}
 }

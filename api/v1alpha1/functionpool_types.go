@@ -44,6 +44,7 @@ type FunctionPoolSpec struct {
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=512
+	// +kubebuilder:validation:XValidation:rule="self.matches('^(([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)([.][a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$')",message="image must be an image reference such as registry.example.com/team/fn:v1 or fn@sha256:<digest> (lowercase repository path, no spaces)"
 	Image string `json:"image"`
 
 	// ImagePullPolicy says when a node pulls the image: IfNotPresent, Always
@@ -67,7 +68,8 @@ type FunctionPoolSpec struct {
 	// +optional
 	Resources *CallResources `json:"resources,omitempty"`
 
-	// Network is the network of the pool's containers: none or host.
+	// Network is the network of the pool's containers: none, pod or host.
+	// A pod-network pool's containers are attached before a call comes.
 	// +optional
 	// +kubebuilder:default=none
 	Network NetworkMode `json:"network,omitempty"`

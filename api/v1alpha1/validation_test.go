@@ -133,6 +133,121 @@ func TestAdmission(t *testing.T) {
 	t.Run("status", func(t *testing.T) { testStatus(ctx, t, c) })
 	t.Run("selectable fields", func(t *testing.T) { testSelectableFields(ctx, t, c) })
 	t.Run("samples", func(t *testing.T) { testSamples(ctx, t, c) })
+	t.Run("pool create", func(t *testing.T) { testPoolCreate(ctx, t, c) })
+	t.Run("pool defaults", func(t *testing.T) { testPoolDefaults(ctx, t, c) })
+}
+
+const badImageMsg = "image must be an image reference such as registry.example.com/team/fn:v1"
+
+// poolToUnstructured is toUnstructured for a FunctionPool.
+func poolToUnstructured(t *testing.T, pool *fnletv1alpha1.FunctionPool) *unstructured.Unstructured {
+	t.Helper()
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &unstructured.Unstructured{Object: m}
+	u.SetGroupVersionKind(fnletv1alpha1.GroupVersion.WithKind("FunctionPool"))
+	unstructured.RemoveNestedField(u.Object, "status")
+	unstructured.RemoveNestedField(u.Object, "metadata", "creationTimestamp")
+	return u
+}
+
+// testPoolCreate: what a user is told about a FunctionPool that cannot be
+// served.
+func testPoolCreate(ctx context.Context, t *testing.T, c client.Client) {
+	base := func() *utiltesting.FunctionPoolWrapper {
+		return utiltesting.MakeFunctionPool("", "default", "localhost/fnlet/testfn:v1")
+	}
+	image := func(ref string) *utiltesting.FunctionPoolWrapper {
+		return utiltesting.MakeFunctionPool("", "default", ref)
+	}
+	digest := "@sha256:" + strings.Repeat("ab", 32)
+	cases := map[string]struct {
+		pool    *utiltesting.FunctionPoolWrapper
+		raw     func(t *testing.T, u *unstructured.Unstructured)
+		wantErr string
+	}{
+		"valid minimal pool": {pool: base()},
+		"valid pool using every field": {pool: base().ImagePullPolicy(corev1.PullAlways).Size(8).
+			Memory("128Mi").CPU("500m").Pids(64).Network(fnletv1alpha1.NetworkHost).
+			RunAs(1000, 1000).ReadOnlyRootFilesystem().NodeSelector("disk", "ssd")},
+		"size 0 keeps none":                {pool: base().Size(0)},
+		"size 64 is the most":              {pool: base().Size(64)},
+		"image by short name":              {pool: image("busybox")},
+		"image with registry port and tag": {pool: image("registry.example.com:5000/team/fn-a_b.c:v1.2-rc")},
+		"image by digest":                  {pool: image("docker.io/library/busybox" + digest)},
+		"image with tag and digest":        {pool: image("busybox:1.36" + digest)},
+
+		"negative size": {pool: base().Size(-1), wantErr: "spec.size in body should be greater than or equal to 0"},
+		"size over 64":  {pool: base().Size(65), wantErr: "spec.size in body should be less than or equal to 64"},
+		"missing image": {pool: base(), wantErr: "spec.image: Required value",
+			raw: func(t *testing.T, u *unstructured.Unstructured) {
+				unstructured.RemoveNestedField(u.Object, "spec", "image")
+			}},
+		"empty image":               {pool: image(""), wantErr: "spec.image in body should be at least 1 chars long"},
+		"image with a space":        {pool: image("busybox latest"), wantErr: badImageMsg},
+		"image with uppercase path": {pool: image("localhost/Fnlet/testfn:v1"), wantErr: badImageMsg},
+		"image with an empty tag":   {pool: image("busybox:"), wantErr: badImageMsg},
+		"image with a scheme":       {pool: image("https://registry.example.com/fn:v1"), wantErr: badImageMsg},
+		"image with a short digest": {pool: image("busybox@sha256:abc"), wantErr: badImageMsg},
+		"image too long":            {pool: image("a/" + strings.Repeat("b", 511)), wantErr: "spec.image: Too long"},
+		"memory under 4Mi":          {pool: base().Memory("1Mi"), wantErr: "memory must be at least 4Mi"},
+		"memory over 64Gi":          {pool: base().Memory("65Gi"), wantErr: "memory must be at most 64Gi"},
+		"cpu 0":                     {pool: base().CPU("0"), wantErr: "cpu must be at least 1m"},
+		"cpu over 64":               {pool: base().CPU("65"), wantErr: "cpu must be at most 64"},
+		"pids 0":                    {pool: base().Pids(0), wantErr: "spec.resources.pids in body should be greater than or equal to 1"},
+		"pids over 32768":           {pool: base().Pids(32769), wantErr: "spec.resources.pids in body should be less than or equal to 32768"},
+		"unknown network":           {pool: base().Network("bridge"), wantErr: `spec.network: Unsupported value: "bridge": supported values: "none", "host"`},
+		"unknown pull policy":       {pool: base().ImagePullPolicy("Sometimes"), wantErr: `spec.imagePullPolicy: Unsupported value: "Sometimes"`},
+		"negative runAsUser":        {pool: base().RunAs(-1, 0), wantErr: "spec.securityContext.runAsUser in body should be greater than or equal to 0"},
+		"negative runAsGroup":       {pool: base().RunAs(0, -1), wantErr: "spec.securityContext.runAsGroup in body should be greater than or equal to 0"},
+		"memory not a quantity": {pool: base(), wantErr: "spec.resources.memory",
+			raw: func(t *testing.T, u *unstructured.Unstructured) {
+				setField(t, u, "lots", "spec", "resources", "memory")
+			}},
+		"too many node selector labels": {pool: base(), wantErr: "spec.nodeSelector: Too many",
+			raw: func(t *testing.T, u *unstructured.Unstructured) {
+				sel := map[string]any{}
+				for i := range 17 {
+					sel[fmt.Sprintf("k%d", i)] = "v"
+				}
+				setField(t, u, sel, "spec", "nodeSelector")
+			}},
+	}
+	i := 0
+	for name, tc := range cases {
+		i++
+		t.Run(name, func(t *testing.T) {
+			u := poolToUnstructured(t, tc.pool.Obj())
+			u.SetName(fmt.Sprintf("pool-%d", i))
+			if tc.raw != nil {
+				tc.raw(t, u)
+			}
+			checkErr(t, c.Create(ctx, u), tc.wantErr)
+		})
+	}
+}
+
+func testPoolDefaults(ctx context.Context, t *testing.T, c client.Client) {
+	u := poolToUnstructured(t, utiltesting.MakeFunctionPool("pool-defaults", "default", "busybox").Obj())
+	unstructured.RemoveNestedField(u.Object, "spec", "size")
+	if err := c.Create(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	var pool fnletv1alpha1.FunctionPool
+	if err := c.Get(ctx, client.ObjectKeyFromObject(u), &pool); err != nil {
+		t.Fatal(err)
+	}
+	if pool.Spec.Size != 1 {
+		t.Errorf("size = %d, want 1", pool.Spec.Size)
+	}
+	if pool.Spec.ImagePullPolicy != corev1.PullIfNotPresent {
+		t.Errorf("imagePullPolicy = %q, want IfNotPresent", pool.Spec.ImagePullPolicy)
+	}
+	if pool.Spec.Network != fnletv1alpha1.NetworkNone {
+		t.Errorf("network = %q, want none", pool.Spec.Network)
+	}
 }
 
 // The samples in config/samples are what a new user applies first.

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -56,6 +57,8 @@ type options struct {
 	poolRefill                                                   float64
 	metricsCertDir                                               string
 	logAPIAddr, logAPICertDir, logAPIAdvertise, logAPIPeerCA     string
+	cniConfDir, cniBinDirs, netnsDir, callResolvConf             string
+	podNetworkPool                                               int
 }
 
 func main() {
@@ -83,6 +86,11 @@ func main() {
 	flag.DurationVar(&o.logRetention, "log-retention", 24*time.Hour, "How long full logs of finished calls stay on the node.")
 	flag.IntVar(&o.logKeep, "log-keep", 1000, "At most this many finished calls' logs are kept.")
 	flag.BoolVar(&o.allowHostNetwork, "allow-host-network", false, "Allow calls with network: host.")
+	flag.StringVar(&o.cniConfDir, "cni-conf-dir", "", "Enables network: pod: the CNI configuration directory of the node's pod network (e.g. /etc/cni/net.d; its first conflist is used). Empty: calls may not use network: pod. Needs the privileges of config/components/pod-network.")
+	flag.StringVar(&o.cniBinDirs, "cni-bin-dir", "/opt/cni/bin,/usr/lib/cni", "Comma-separated directories of the CNI plugins (network: pod).")
+	flag.StringVar(&o.netnsDir, "netns-dir", "/run/fnlet/netns", "Where the network namespaces of network: pod calls are pinned (must be visible to containerd's runc: the host's mount namespace).")
+	flag.IntVar(&o.podNetworkPool, "pod-network-pool", 2, "Network namespaces kept attached ahead for network: pod calls (Fn's prefork pool): a call takes one instead of paying a CNI ADD; 0 attaches each on demand.")
+	flag.StringVar(&o.callResolvConf, "call-resolv-conf", "", "resolv.conf given to network: pod calls as /etc/resolv.conf (e.g. the cluster DNS, as the kubelet's --resolv-conf); empty: the image's own.")
 	flag.BoolVar(&o.allowPrivileged, "allow-privileged", false, "Allow privileged calls.")
 	flag.StringVar(&o.initBinary, "init-binary", "", "fnlet-init, PID 1 of every call, which records exit codes that containerd loses when it restarts (default: fnlet-init beside the manager's executable; \"none\" runs calls without it).")
 	flag.BoolVar(&o.stdinFIFO, "stdin-fifo", false, "Feed input through a FIFO instead of a regular file (fallback).")
@@ -181,6 +189,10 @@ func run(ctx context.Context, o options) error {
 		ctrd.WithOutputLimit(outputLimit), ctrd.WithTailBytes(o.tailBytes),
 		ctrd.WithAllowHostNetwork(o.allowHostNetwork), ctrd.WithAllowPrivileged(o.allowPrivileged),
 		ctrd.WithRegistryHostsDir(o.registryHostsDir),
+	}
+	if o.cniConfDir != "" {
+		rtOpts = append(rtOpts, ctrd.WithPodNetwork(o.cniConfDir, strings.Split(o.cniBinDirs, ","), o.netnsDir, o.callResolvConf),
+			ctrd.WithPodNetworkPool(o.podNetworkPool))
 	}
 	if o.stdinFIFO {
 		rtOpts = append(rtOpts, ctrd.WithStdinMode(ctrd.StdinFIFO))

@@ -29,7 +29,10 @@ type Call struct {
 	Pids           int64 // 0 = none
 	ReadOnlyRootfs bool
 	HostNetwork    bool
-	Privileged     bool
+	// PodNetwork gives the call a network namespace of its own on the
+	// node's pod network (WithPodNetwork); not with HostNetwork.
+	PodNetwork bool
+	Privileged bool
 	// OutputLimit caps stdout+stderr bytes; 0 uses the runtime default.
 	OutputLimit int64
 	// Volumes are mounted in order after ScratchBytes (see volume.go).
@@ -78,7 +81,9 @@ type State struct {
 	LogDir string
 	// Pool is the pool whose pre-started container runs the call; empty for
 	// a container of its own.
-	Pool   string
+	Pool string
+	// IP is the call's address on the pod network (PodNetwork), once set up.
+	IP     string
 	Result *Result
 }
 

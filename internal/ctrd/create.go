@@ -58,11 +58,20 @@ func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 			return State{}, fmt.Errorf("run %s: image not ready: %w", id, err)
 		}
 	}
-	opts, err := specOpts(call, ci.config, Policy{AllowHostNetwork: r.policy.AllowHostNetwork,
+	p := Policy{AllowHostNetwork: r.policy.AllowHostNetwork,
 		AllowPrivileged: r.policy.AllowPrivileged, OCIRuntime: r.runtime,
-		InitBinary: r.initBinary, ExitFile: r.dir(id).file(exitFile), VolumeRoot: r.dir(id).volumeRoot()})
+		InitBinary: r.initBinary, ExitFile: r.dir(id).file(exitFile), VolumeRoot: r.dir(id).volumeRoot()}
+	if call.PodNetwork && r.net != nil {
+		p.NetNS, p.ResolvConf = r.net.nsPath(id), r.net.resolvConf
+	}
+	opts, err := specOpts(call, ci.config, p)
 	if err != nil {
 		return State{}, fmt.Errorf("run %s: %w", id, err)
+	}
+	if p.NetNS != "" {
+		if err := r.net.want(id); err != nil {
+			return State{}, fmt.Errorf("run %s: %w", id, err)
+		}
 	}
 	h, created, err := r.createContainer(ctx, id, callLabels(call), r.limitFor(call), ref, ci, opts)
 	if err != nil {
@@ -75,7 +84,7 @@ func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 		return State{}, err
 	}
 	d := r.dir(id)
-	return State{Call: h.callRef(), ContainerID: id, Phase: PhaseRunning, StartedAt: d.startedAt(), LogDir: d.path}, nil
+	return State{Call: h.callRef(), ContainerID: id, Phase: PhaseRunning, StartedAt: d.startedAt(), LogDir: d.path, IP: r.ipOf(id)}, nil
 }
 
 func callLabels(call Call) map[string]string {
@@ -202,6 +211,12 @@ func (r *Runtime) startTask(ctx context.Context, h *callHandle, call Call, resum
 	closeStdin := func() {
 		if stdin != nil {
 			stdin.Close()
+		}
+	}
+	if r.net != nil && r.net.wanted(h.id) {
+		if err := r.net.ensure(ctx, h.id); err != nil {
+			closeStdin()
+			return fmt.Errorf("run %s: pod network: %w", h.id, err)
 		}
 	}
 	task, err := r.newTask(ctx, h, cfg, resumed)

@@ -32,6 +32,9 @@ func (r *Runtime) deleteContainer(ctx context.Context, id string) error {
 		if err := r.deleteLease(ctx, id); err != nil {
 			return err
 		}
+		if err := r.teardownNetwork(ctx, id); err != nil {
+			return err
+		}
 		r.dropHandle(id)
 		_ = d.removeInput()
 		return d.removeVolumes()
@@ -71,6 +74,11 @@ func (r *Runtime) deleteContainer(ctx context.Context, id string) error {
 		if err = native(err); err != nil && !errdefs.IsNotFound(err) {
 			return wrapErr(err, "delete stale task %s", id)
 		}
+	}
+	// The task is gone, the pinned namespace not: detach it now, while the
+	// container still exists for a retried Delete to find.
+	if err := r.teardownNetwork(ctx, id); err != nil {
+		return err
 	}
 	// The lease before the container (which holds its snapshot by itself):
 	// a crash in between leaves the container, which the next Delete finds.

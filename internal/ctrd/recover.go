@@ -55,6 +55,15 @@ func (r *Runtime) Recover(ctx context.Context) ([]State, error) {
 		return nil, err
 	}
 	r.repairInputs(ctx, states)
+	if r.net != nil {
+		ids, err := r.containerIDs(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := r.sweepNetworks(r.ctx(ctx), ids); err != nil {
+			return nil, err
+		}
+	}
 	return states, nil
 }
 

@@ -59,6 +59,8 @@ type Runtime struct {
 	// createTimeout bounds one NewTask (see newTask).
 	createTimeout time.Duration
 	policy        Policy
+	// net attaches calls with PodNetwork (WithPodNetwork); nil: refused.
+	net *podNetwork
 	// initSource is the fnlet-init to install; initBinary is the installed
 	// copy under ioRoot that containers bind-mount ("" runs calls without).
 	initSource string
@@ -85,6 +87,10 @@ type Runtime struct {
 	reconnects atomic.Int64
 	// createTimeouts counts NewTasks that hit createTimeout.
 	createTimeouts atomic.Int64
+	// prestarting holds the IDs of pre-started containers being made
+	// (their directory may exist before their container; see
+	// pruneWarmDirs).
+	prestarting sync.Map
 }
 
 // Opt configures a Runtime.
@@ -223,6 +229,13 @@ func New(address string, opts ...Opt) (*Runtime, error) {
 	}
 	r.client = c
 	r.bg, r.cancel = context.WithCancel(context.Background())
+	if r.net != nil && r.net.poolSize > 0 {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.net.fill(r.bg)
+		}()
+	}
 	return r, nil
 }
 

@@ -28,6 +28,10 @@ type Policy struct {
 	// with the call's ExitFile (a host path) to record the exit code in.
 	InitBinary string
 	ExitFile   string
+	// NetNS is the pinned network namespace a PodNetwork call joins, and
+	// ResolvConf (optional) its /etc/resolv.conf.
+	NetNS      string
+	ResolvConf string
 	// VolumeRoot is the host directory of the call's file volumes.
 	VolumeRoot string
 }
@@ -71,6 +75,12 @@ func specOpts(call Call, img ocispec.ImageConfig, p Policy) ([]oci.SpecOpts, err
 	}
 	if call.HostNetwork {
 		opts = append(opts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostHostsFile, oci.WithHostResolvconf)
+	}
+	if call.PodNetwork {
+		if p.NetNS == "" {
+			return nil, errdefs.ErrInvalidArgument.WithMessage("network: pod is not enabled on this node (manager flag --cni-conf-dir)")
+		}
+		opts = append(opts, withPodNetwork(p.NetNS, p.ResolvConf))
 	}
 	// The default spec already has containerd's default capability set,
 	// masked and read-only paths and private namespaces; add the rest of
@@ -210,4 +220,19 @@ func firstNonEmpty(s ...string) string {
 		}
 	}
 	return ""
+}
+
+// withPodNetwork joins the pinned namespace at nsPath (see podNetwork) and
+// mounts resolvConf, if any, read-only as /etc/resolv.conf.
+func withPodNetwork(nsPath, resolvConf string) oci.SpecOpts {
+	return func(ctx context.Context, c oci.Client, ctr *containers.Container, s *oci.Spec) error {
+		if err := oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: nsPath})(ctx, c, ctr, s); err != nil {
+			return err
+		}
+		if resolvConf != "" {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: resolvConf,
+				Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}})
+		}
+		return nil
+	}
 }

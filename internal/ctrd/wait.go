@@ -27,7 +27,7 @@ func (r *Runtime) State(ctx context.Context, callUID string) (State, error) {
 
 func (r *Runtime) state(ctx context.Context, h *callHandle) (State, error) {
 	d := r.dir(h.id)
-	s := State{Call: h.callRef(), ContainerID: h.id, LogDir: d.path, StartedAt: d.startedAt()}
+	s := State{Call: h.callRef(), ContainerID: h.id, LogDir: d.path, StartedAt: d.startedAt(), IP: r.ipOf(h.id)}
 	if h.warm != nil {
 		s.Pool = h.warm.Pool
 	}

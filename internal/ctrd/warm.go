@@ -66,6 +66,7 @@ type WarmSpec struct {
 	User           *User `json:"user,omitempty"`
 	ReadOnlyRootfs bool  `json:"readOnlyRootfs,omitempty"`
 	HostNetwork    bool  `json:"hostNetwork,omitempty"`
+	PodNetwork     bool  `json:"podNetwork,omitempty"`
 	MemoryBytes    int64 `json:"memoryBytes,omitempty"`
 	MilliCPU       int64 `json:"milliCPU,omitempty"`
 	Pids           int64 `json:"pids,omitempty"`
@@ -151,6 +152,8 @@ func (r *Runtime) Prestart(ctx context.Context, spec WarmSpec) (string, error) {
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
 	id := warmPrefix + hex.EncodeToString(rnd[:])
+	r.prestarting.Store(id, true)
+	defer r.prestarting.Delete(id)
 	d := r.dir(id)
 	cfg, err := d.prepare(nil, StdinFile, true)
 	if err == nil {
@@ -161,9 +164,18 @@ func (r *Runtime) Prestart(ctx context.Context, spec WarmSpec) (string, error) {
 	}
 	self := Call{UID: strings.TrimPrefix(id, containerPrefix), Name: "fnlet-warm", Image: spec.Image,
 		Command: []string{"--warm"}, User: spec.User, ReadOnlyRootfs: spec.ReadOnlyRootfs, HostNetwork: spec.HostNetwork,
-		MemoryBytes: spec.MemoryBytes, MilliCPU: spec.MilliCPU, Pids: spec.Pids}
-	opts, err := specOpts(self, ci.config, Policy{AllowHostNetwork: r.policy.AllowHostNetwork,
-		OCIRuntime: r.runtime, InitBinary: r.initBinary, ExitFile: d.file(exitFile)})
+		PodNetwork: spec.PodNetwork, MemoryBytes: spec.MemoryBytes, MilliCPU: spec.MilliCPU, Pids: spec.Pids}
+	pol := Policy{AllowHostNetwork: r.policy.AllowHostNetwork,
+		OCIRuntime: r.runtime, InitBinary: r.initBinary, ExitFile: d.file(exitFile)}
+	if spec.PodNetwork && r.net != nil {
+		// Its namespace is attached before the call comes: a pool of
+		// pod-network containers is also a pool of ready namespaces.
+		pol.NetNS, pol.ResolvConf = r.net.nsPath(id), r.net.resolvConf
+	}
+	opts, err := specOpts(self, ci.config, pol)
+	if err == nil && pol.NetNS != "" {
+		err = r.net.want(id)
+	}
 	if err != nil {
 		os.RemoveAll(d.path)
 		return "", fmt.Errorf("prestart %s: %w", spec.Pool, err)
@@ -190,6 +202,11 @@ func (r *Runtime) Prestart(ctx context.Context, spec WarmSpec) (string, error) {
 		defer cancel()
 		_ = r.deleteContainer(dctx, id)
 		return "", fmt.Errorf("prestart %s: %w", id, err)
+	}
+	if pol.NetNS != "" {
+		if err := r.net.ensure(ctx, id); err != nil {
+			return fail(fmt.Errorf("pod network: %w", err))
+		}
 	}
 	task, err := r.newTask(ctx, h, cfg, false)
 	if err != nil {
@@ -356,7 +373,11 @@ func (r *Runtime) takeWarm(digest string, call Call, uid, gid uint32) (*callHand
 				miss = why
 			}
 			continue
-		case !free || h.hasExited():
+		case !free || h.hasExited() || !r.dir(h.id).waiting():
+			// Not waiting: taken, spoiled, or still being started (Prestart
+			// registers the handle and its task before the init opens its
+			// FIFO; a release then finds no reader and the call would
+			// never start).
 			miss = MissEmpty
 			continue
 		}
@@ -370,7 +391,7 @@ func (r *Runtime) takeWarm(digest string, call Call, uid, gid uint32) (*callHand
 
 // fits says why call cannot use a container of profile w ("" when it can).
 func fits(w warmProfile, call Call, uid, gid uint32) string {
-	if call.Privileged || call.HostNetwork != w.HostNetwork || call.ReadOnlyRootfs != w.ReadOnlyRootfs || uid != w.UID || gid != w.GID {
+	if call.Privileged || call.HostNetwork != w.HostNetwork || call.PodNetwork != w.PodNetwork || call.ReadOnlyRootfs != w.ReadOnlyRootfs || uid != w.UID || gid != w.GID {
 		return MissProfile
 	}
 	within := func(c, p int64) bool { return p == 0 || c > 0 && c <= p }
@@ -486,7 +507,8 @@ func tighter(w WarmSpec, call Call) *specs.LinuxResources {
 }
 
 // WarmContainers lists the pre-started containers no call has claimed,
-// adopting those an earlier process made.
+// adopting those an earlier process made, and removes the directories of
+// those that never came to be (pruneWarmDirs).
 func (r *Runtime) WarmContainers(ctx context.Context) ([]WarmContainer, error) {
 	ctx = r.ctx(ctx)
 	cs, err := r.client.Containers(ctx, `labels."`+LabelPool+`"`)
@@ -494,6 +516,11 @@ func (r *Runtime) WarmContainers(ctx context.Context) ([]WarmContainer, error) {
 		return nil, wrapErr(err, "list pre-started containers")
 	}
 	var out []WarmContainer
+	live := map[string]bool{}
+	for _, c := range cs {
+		live[c.ID()] = true
+	}
+	r.pruneWarmDirs(live)
 	for _, c := range cs {
 		h := r.handle(c.ID())
 		if h == nil {
@@ -514,6 +541,33 @@ func (r *Runtime) WarmContainers(ctx context.Context) ([]WarmContainer, error) {
 		out = append(out, WarmContainer{ID: h.id, Pool: h.warm.Pool, Digest: h.warm.Digest, Ready: ready})
 	}
 	return out, nil
+}
+
+// pruneWarmDirs removes the directories of pre-started containers that
+// never came to be: a manager killed inside Prestart, after making the
+// directory and before containerd made the container (or a create that
+// failed with containerd gone), leaves one no container, and so no
+// DeleteWarm, will remove. live holds the IDs of the pre-started
+// containers containerd has; a directory with a claim stays (a call's
+// output, for PruneLogs), as does one this process is still making.
+func (r *Runtime) pruneWarmDirs(live map[string]bool) {
+	es, err := os.ReadDir(r.ioRoot)
+	if err != nil {
+		return
+	}
+	for _, e := range es {
+		id := e.Name()
+		if !e.IsDir() || !strings.HasPrefix(id, warmPrefix) || live[id] {
+			continue
+		}
+		if _, busy := r.prestarting.Load(id); busy {
+			continue
+		}
+		if _, err := os.Lstat(r.dir(id).file(claimFile)); err == nil {
+			continue // a call's, or a claim being made on a live container
+		}
+		os.RemoveAll(r.dir(id).path)
+	}
 }
 
 // DeleteWarm removes a pre-started container no call has claimed, with

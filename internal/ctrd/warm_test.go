@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -310,4 +311,100 @@ func removeContainer(t testing.TB, id string) {
 		_ = ctr.Delete(ctx, client.WithSnapshotCleanup)
 	}
 	_ = c.LeasesService().Delete(ctx, leases.Lease{ID: id})
+}
+
+// stubContainer and stubTask stand for containerd objects a handle holds;
+// takeWarm only checks that they are there.
+type stubContainer struct{ client.Container }
+type stubTask struct{ client.Task }
+
+// TestTakeWarmOnlyWhenTheInitWaits: a pre-started container is claimable
+// only once its init holds the go FIFO. Prestart registers the handle and
+// its task before the init runs; a call claimed in that window was
+// released to nobody and never started (seen as calls stuck in Running
+// under make bench's paced warm run).
+func TestTakeWarmOnlyWhenTheInitWaits(t *testing.T) {
+	const id, digest = warmPrefix + "unit", "sha256:unit"
+	cases := map[string]struct {
+		initWaits bool
+		wantMiss  string
+	}{
+		"init not started yet": {initWaits: false, wantMiss: MissEmpty},
+		"init waits":           {initWaits: true},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			r := &Runtime{ioRoot: t.TempDir(), calls: map[string]*callHandle{}}
+			h := newHandle(id, CallRef{}, stubContainer{}, 0)
+			h.task = stubTask{}
+			h.warm = &warmProfile{WarmSpec: WarmSpec{Pool: "ns/p"}, Digest: digest}
+			r.putHandle(h)
+			d := r.dir(id)
+			if err := os.MkdirAll(d.path, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.prepareCtl(); err != nil {
+				t.Fatal(err)
+			}
+			if tc.initWaits {
+				// As fnlet-init does: hold the FIFO open for reading.
+				f, err := os.OpenFile(filepath.Join(d.file(ctlDir), "go"), os.O_RDONLY|syscall.O_NONBLOCK, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+			}
+			got, miss := r.takeWarm(digest, Call{UID: "c1", Pools: []string{"ns/p"}}, 0, 0)
+			if miss != tc.wantMiss || (got != nil) != (tc.wantMiss == "") {
+				t.Fatalf("takeWarm = %v, miss %q; want miss %q", got, miss, tc.wantMiss)
+			}
+		})
+	}
+}
+
+// TestPruneWarmDirs: the directory of a pre-started container that never
+// came to be goes; those of live containers, of containers being made,
+// of claimed ones (a call's output) and of cold calls stay.
+func TestPruneWarmDirs(t *testing.T) {
+	r := &Runtime{ioRoot: t.TempDir(), calls: map[string]*callHandle{}}
+	dirs := map[string]struct {
+		claimed, live, making bool
+		wantKept              bool
+	}{
+		warmPrefix + "orphan":  {wantKept: false},
+		warmPrefix + "live":    {live: true, wantKept: true},
+		warmPrefix + "making":  {making: true, wantKept: true},
+		warmPrefix + "claimed": {claimed: true, wantKept: true},
+		ContainerID("a-call"):  {wantKept: true},
+	}
+	live := map[string]bool{}
+	for id, d := range dirs {
+		cd := r.dir(id)
+		if err := os.MkdirAll(cd.path, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(id, warmPrefix) {
+			if err := cd.prepareCtl(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if d.claimed {
+			if err := os.WriteFile(cd.file(claimFile), []byte(`{"uid":"u"}`), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if d.live {
+			live[id] = true
+		}
+		if d.making {
+			r.prestarting.Store(id, true)
+		}
+	}
+	r.pruneWarmDirs(live)
+	for id, d := range dirs {
+		_, err := os.Stat(r.dir(id).path)
+		if kept := err == nil; kept != d.wantKept {
+			t.Errorf("%s: kept %v, want %v", id, kept, d.wantKept)
+		}
+	}
 }

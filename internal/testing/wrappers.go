@@ -564,3 +564,35 @@ func (w *FunctionPoolWrapper) NodeSelector(k, v string) *FunctionPoolWrapper {
 	w.Spec.NodeSelector[k] = v
 	return w
 }
+
+// CPU sets the pool's cpu class.
+func (w *FunctionPoolWrapper) CPU(q string) *FunctionPoolWrapper {
+	w.resources().CPU = ptr.To(resource.MustParse(q))
+	return w
+}
+
+// Network sets the network of the pool's containers.
+func (w *FunctionPoolWrapper) Network(m fnletv1alpha1.NetworkMode) *FunctionPoolWrapper {
+	w.Spec.Network = m
+	return w
+}
+
+// RunAs sets the user and group of the pool's containers.
+func (w *FunctionPoolWrapper) RunAs(uid, gid int64) *FunctionPoolWrapper {
+	sc := w.securityContext()
+	sc.RunAsUser, sc.RunAsGroup = &uid, &gid
+	return w
+}
+
+// ReadOnlyRootFilesystem makes the pool's containers' rootfs read-only.
+func (w *FunctionPoolWrapper) ReadOnlyRootFilesystem() *FunctionPoolWrapper {
+	w.securityContext().ReadOnlyRootFilesystem = ptr.To(true)
+	return w
+}
+
+func (w *FunctionPoolWrapper) securityContext() *fnletv1alpha1.PoolSecurityContext {
+	if w.Spec.SecurityContext == nil {
+		w.Spec.SecurityContext = &fnletv1alpha1.PoolSecurityContext{}
+	}
+	return w.Spec.SecurityContext
+}

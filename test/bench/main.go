@@ -17,6 +17,16 @@
 //	pod    a plain Pod (restartPolicy Never, imagePullPolicy Never) on a real
 //	       kubelet node, create until phase Succeeded is seen on a watch;
 //	       only a few, spread over the rounds.
+//	fnlet-warm  as fnlet, for a call that names a FunctionPool this program
+//	       creates (the same image) and runs in one of its pre-started
+//	       containers (status.pool is checked: the hit rate).
+//	ctrd-warm   internal/ctrd RunWarm + Wait + Delete of a pre-started
+//	       container made after the previous call, outside the measurement.
+//
+// With a warm way it first measures the refill capacity (containers
+// pre-started per second with internal/ctrd, before the manager starts),
+// and with fnlet-warm, after the rounds, warm and cold calls at a steady
+// rate below that capacity (hit rate, latency, CPU per call).
 //
 // With the fnlet way it then measures fnlet alone at a fixed concurrency
 // (latency) and in closed loops at higher concurrencies (throughput), the
@@ -78,12 +88,21 @@ type config struct {
 	ManagerArgs      []string       `json:"managerArgs,omitempty"`
 	CacheCalls       int            `json:"cacheCalls,omitempty"`
 	Procs            map[string]int `json:"procs,omitempty"` // name -> pid, for CPU accounting
+	// The fnlet-warm way and the refill measurement.
+	PoolSize       int     `json:"poolSize"`
+	PoolRefillRate float64 `json:"poolRefillRate"` // the manager's --pool-refill-rate
+	WarmRate       float64 `json:"warmRate,omitempty"`
+	WarmN          int     `json:"warmN"`
+	RefillN        int     `json:"refillN"`
 	// The pod way.
 	PodN    int    `json:"podN"`
 	PodNode string `json:"podNode"`
 }
 
 func (c config) has(mode string) bool { return slices.Contains(c.Modes, mode) }
+
+// hasFnlet: a way through the manager (fnlet or fnlet-warm) is measured.
+func (c config) hasFnlet() bool { return c.has("fnlet") || c.has("fnlet-warm") }
 
 // sample is one measured call: its total and its phases, in order.
 type sample struct {
@@ -146,7 +165,7 @@ func main() {
 	flag.StringVar(&cfg.Runtime, "runtime", "runc", "OCI runtime binary: runc or crun")
 	flag.StringVar(&cfg.Init, "init", "", "fnlet-init for the ctrd way (as the manager runs calls); empty runs without")
 	flag.StringVar(&cfg.Ctr, "ctr", "auto", "ctr binary; auto picks the one matching the daemon version")
-	flag.StringVar(&modes, "modes", "ctrd,raw,ctr", "ways to measure, comma-separated: fnlet, pod, ctrd, ctrd-warm, raw, ctr, or raw+KNOB+... (knobs spec, seccomp, files, kill, metrics, load: see rawWay)")
+	flag.StringVar(&modes, "modes", "ctrd,raw,ctr", "ways to measure, comma-separated: fnlet, fnlet-warm, pod, ctrd, ctrd-warm, ctrd-podnet (network: pod on a throwaway bridge), raw, ctr, or raw+KNOB+... (knobs spec, seccomp, files, kill, metrics, load: see rawWay)")
 	flag.StringVar(&out, "out", "bench-results", "directory for the JSON results")
 	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this process (samples labelled way=...)")
 	flag.DurationVar(&timeout, "timeout", 40*time.Minute, "bound on the whole run")
@@ -170,6 +189,11 @@ func main() {
 	flag.StringVar(&procs, "procs", "", "other processes whose CPU time is reported per load run: name=pid,... (e.g. kube-apiserver, etcd, containerd)")
 	flag.StringVar(&managerArgs, "manager-args", "", "extra manager flags, space-separated (ablations, e.g. \"--workers 32\")")
 	flag.IntVar(&cfg.CacheCalls, "cache-calls", 0, "after the load runs, bring the manager's cache up to this many finished calls and report its RSS (0: skip)")
+	flag.IntVar(&cfg.PoolSize, "pool-size", 4, "size of the FunctionPool of the fnlet-warm way")
+	flag.Float64Var(&cfg.PoolRefillRate, "pool-refill-rate", 5, "the manager's --pool-refill-rate (pre-starts per second)")
+	flag.Float64Var(&cfg.WarmRate, "warm-rate", 0, "rate of the paced fnlet-warm run, calls/s (0: half the refill capacity or pacing, whichever is lower)")
+	flag.IntVar(&cfg.WarmN, "warm-n", 0, "calls of the paced fnlet-warm run and of its cold twin (default -n; 0 with -n 0)")
+	flag.IntVar(&cfg.RefillN, "refill-n", 16, "containers pre-started to measure the refill capacity, with fnlet-warm or ctrd-warm (0: skip)")
 	flag.IntVar(&cfg.PodN, "pod-n", envInt("BENCH_POD_N", 10), "pods of the pod way, spread over the sequential rounds")
 	flag.StringVar(&cfg.PodNode, "pod-node", "", "node the pods must run on (kubernetes.io/hostname)")
 	flag.StringVar(&podSkipped, "pod-skipped", podSkipped, "line printed instead of the pod row when the pod way is not among -modes")
@@ -187,6 +211,9 @@ func main() {
 	cfg.Modes = strings.Split(modes, ",")
 	if cfg.ConcurrencyN == 0 {
 		cfg.ConcurrencyN = cfg.N
+	}
+	if cfg.WarmN == 0 {
+		cfg.WarmN = cfg.N
 	}
 	for _, s := range strings.Split(throughput, ",") {
 		if s = strings.TrimSpace(s); s == "" {
@@ -234,7 +261,10 @@ func validate(cfg config) error {
 	if cfg.N < 1 {
 		return fmt.Errorf("-n %d: want at least 1", cfg.N)
 	}
-	if cfg.has("fnlet") {
+	if cfg.has("fnlet-warm") && cfg.PoolSize < 1 {
+		return fmt.Errorf("-pool-size %d: the fnlet-warm way needs a pool of at least 1", cfg.PoolSize)
+	}
+	if cfg.hasFnlet() {
 		switch {
 		case cfg.Kubeconfig == "":
 			return errors.New("the fnlet way needs -kubeconfig (or $KUBECONFIG)")
@@ -268,6 +298,8 @@ type result struct {
 	AfterFill  *loadRun      `json:"afterCacheFill,omitempty"`
 	Throughput []*loadRun    `json:"throughput,omitempty"`
 	Manager    *managerStats `json:"manager,omitempty"`
+	Refill     *refillStats  `json:"refill,omitempty"`
+	Warm       *warmStats    `json:"warm,omitempty"`
 	Writes     *writeStats   `json:"writes,omitempty"`
 	Logs       *logRun       `json:"logs,omitempty"`
 	Leftovers  []leftovers   `json:"leftovers,omitempty"`
@@ -323,7 +355,14 @@ func run(ctx context.Context, cfg config, out, cpuProfile string) (err error) {
 			}
 		}
 	}()
-	if cfg.has("fnlet") || cfg.has("pod") {
+	if (cfg.has("fnlet-warm") || cfg.has("ctrd-warm")) && cfg.RefillN > 0 && cfg.Init != "" {
+		// Before the manager's pool and the ways' containers exist.
+		fmt.Fprintf(os.Stderr, "refill capacity: pre-starting %d containers one at a time, then %d two at a time\n", cfg.RefillN, cfg.RefillN)
+		if res.Refill, err = measureRefill(ctx, cfg, cfg.RefillN); err != nil {
+			return fmt.Errorf("refill capacity: %w", err)
+		}
+	}
+	if cfg.hasFnlet() || cfg.has("pod") {
 		if sys, err = newSystem(ctx, &cfg, runID, out); err != nil {
 			return err
 		}
@@ -334,18 +373,22 @@ func run(ctx context.Context, cfg config, out, cpuProfile string) (err error) {
 		switch base, _, _ := strings.Cut(m, "+"); {
 		case m == "fnlet":
 			w = &fnletWay{sys: sys}
+		case m == "fnlet-warm":
+			w = &fnletWay{sys: sys, warm: true}
 		case m == "pod":
 			w = &podWay{sys: sys}
 		case m == "ctrd":
 			w, err = newCtrdWay(ctx, cfg)
 		case m == "ctrd-warm":
 			w, err = newCtrdWarmWay(ctx, cfg)
+		case m == "ctrd-podnet":
+			w, err = newCtrdPodNetWay(ctx, cfg)
 		case base == "raw":
 			w, err = newRawWay(ctx, cfg, m)
 		case m == "ctr":
 			w, err = newCtrWay(ctx, &cfg)
 		default:
-			err = fmt.Errorf("unknown way %q (want fnlet, pod, ctrd, ctrd-warm, raw, ctr)", m)
+			err = fmt.Errorf("unknown way %q (want fnlet, fnlet-warm, pod, ctrd, ctrd-warm, ctrd-podnet, raw, ctr)", m)
 		}
 		if err != nil {
 			return fmt.Errorf("set up %s: %w", m, err)
@@ -419,6 +462,11 @@ func run(ctx context.Context, cfg config, out, cpuProfile string) (err error) {
 		sys.mark("sequential-end")
 	}
 
+	if cfg.has("fnlet-warm") {
+		if err := sys.warmPhases(ctx, res); err != nil {
+			return err
+		}
+	}
 	if cfg.has("fnlet") {
 		var raw way
 		for _, w := range ways {
@@ -443,11 +491,17 @@ func run(ctx context.Context, cfg config, out, cpuProfile string) (err error) {
 			res.note("cleanup: %v", cleanupErr)
 		}
 	}
+	// The warm way's spare containers go first: it shares its namespace
+	// with the ctrd way, whose leftovers would count them.
 	for _, w := range ways {
 		if ww, ok := w.(*ctrdWarmWay); ok {
 			if err := ww.drain(context.WithoutCancel(ctx)); err != nil {
 				res.note("drain the warm pool: %v", err)
 			}
+		}
+	}
+	for _, w := range ways {
+		if ww, ok := w.(*ctrdWarmWay); ok {
 			w = ww.ctrdWay
 		}
 		if cw, ok := w.(*ctrdWay); ok {

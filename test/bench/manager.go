@@ -111,6 +111,9 @@ func startManager(ctx context.Context, cfg *config, out string) (*managerProc, e
 		port := strconv.Itoa(m.logAPIPort)
 		args = append(args, "--log-api-bind-address", ":"+port, "--log-api-advertise-address", net.JoinHostPort(ip, port))
 	}
+	if bytes.Contains(help, []byte("-pool-refill-rate")) && cfg.PoolRefillRate > 0 {
+		args = append(args, "--pool-refill-rate", strconv.FormatFloat(cfg.PoolRefillRate, 'f', -1, 64))
+	}
 	args = append(args, cfg.ManagerArgs...)
 	cfg.ManagerLogDir = m.logDir
 	m.logPath = cfg.ManagerLog

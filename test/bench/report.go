@@ -92,7 +92,7 @@ func report(w io.Writer, res *result) {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", n, st.N, ms(st.P50), ms(st.P95), ms(st.P99), ms(st.Mean), ms(st.Min), ms(st.Max))
 	}
 	tw.Flush()
-	if _, ok := all["pod"]; !ok && cfg.has("fnlet") {
+	if _, ok := all["pod"]; !ok && cfg.hasFnlet() {
 		fmt.Fprintln(w, podSkipped)
 	}
 
@@ -100,7 +100,8 @@ func report(w io.Writer, res *result) {
 	type rr struct{ label, a, b string }
 	rs := []rr{{"system/raw", "fnlet", "raw"}, {"controller/runtime", "fnlet", "ctrd"}, {"runtime/raw", "ctrd", "raw"},
 		{"ctr/raw", "ctr", "raw"}, {"pod/fnlet", "pod", "fnlet"},
-		{"warm/raw", "ctrd-warm", "raw"}, {"warm/cold", "ctrd-warm", "ctrd"}}
+		{"warm/raw", "ctrd-warm", "raw"}, {"warm/cold", "ctrd-warm", "ctrd"},
+		{"warm system/raw", "fnlet-warm", "raw"}, {"warm/cold system", "fnlet-warm", "fnlet"}, {"pod/fnlet-warm", "pod", "fnlet-warm"}}
 	for _, n := range res.Order {
 		if strings.HasPrefix(n, "raw+") {
 			rs = append(rs, rr{n + "/raw", n, "raw"})
@@ -119,7 +120,9 @@ func report(w io.Writer, res *result) {
 	}
 	var goals []string
 	if ws := res.Seq["ctrd-warm"]; len(ws) > 0 {
-		// Claim -> exit seen: the part of a warm call a pool cannot hide.
+		// Claim -> exit seen on the event stream (phases Claim, Exit): the
+		// part of a warm call a pool cannot hide; Wait's result
+		// collection (Collect) and the Delete follow.
 		var ds []time.Duration
 		for _, s := range ws {
 			if len(s.Phases) >= 2 {
@@ -138,6 +141,29 @@ func report(w io.Writer, res *result) {
 		}
 	}
 	if c, ok := all["ctrd"]; ok {
+		if _, ok := all["ctrd-podnet"]; ok {
+			// Up to the exit: what a caller waits for. The teardown (CNI DEL
+			// in Delete) comes after the final status, off the call's path.
+			toExit := func(way string) (exit, del time.Duration) {
+				var a, b []time.Duration
+				for _, s := range res.Seq[way] {
+					var d time.Duration
+					for _, p := range s.Phases {
+						if p.Name == "Delete" {
+							b = append(b, p.D)
+							continue
+						}
+						d += p.D
+					}
+					a = append(a, d)
+				}
+				return statsOf(a).P50, statsOf(b).P50
+			}
+			pe, pd := toExit("ctrd-podnet")
+			ce, cd := toExit("ctrd")
+			fmt.Fprintf(w, "  network: pod over none (p50): to the exit %+.1f ms, the delete after it %+.1f ms\n", float64(pe-ce)/1e6, float64(pd-cd)/1e6)
+			goals = append(goals, verdict("network: pod adds <= 30ms to a cold call up to its exit (p50, ctrd-podnet - ctrd)", pe-ce <= 30*time.Millisecond, ms(pe-ce)+" ms"))
+		}
 		if raw, ok := all["raw"]; ok {
 			goals = append(goals, verdict("ctrd <= 1.15x raw (p50)", ratio(c.P50, raw.P50) <= 1.15, fmt.Sprintf("%.2fx", ratio(c.P50, raw.P50))))
 		}
@@ -161,6 +187,8 @@ func report(w io.Writer, res *result) {
 		}
 		fmt.Fprintf(w, "  %-6s %s\n", n, strings.Join(parts, "  "))
 	}
+
+	reportWarm(w, res, all, &goals)
 
 	if c := res.Conc; c != nil {
 		fmt.Fprintf(w, "\nfnlet at concurrency %d: %d calls in %s (%.1f calls/s): p50 %s  p95 %s  p99 %s ms, errors %d%s\n",
@@ -338,7 +366,8 @@ func writeJSON(dir string, res *result) (string, error) {
 	}
 	p50 := func(n string) (time.Duration, bool) { r, ok := doc.Results[n]; return r.Stats.P50, ok }
 	for _, r := range [][3]string{{"fnlet/raw", "fnlet", "raw"}, {"fnlet/ctrd", "fnlet", "ctrd"}, {"ctrd/raw", "ctrd", "raw"},
-		{"ctr/raw", "ctr", "raw"}, {"pod/fnlet", "pod", "fnlet"}} {
+		{"ctr/raw", "ctr", "raw"}, {"pod/fnlet", "pod", "fnlet"}, {"fnlet-warm/raw", "fnlet-warm", "raw"},
+		{"fnlet-warm/fnlet", "fnlet-warm", "fnlet"}, {"pod/fnlet-warm", "pod", "fnlet-warm"}, {"ctrd-warm/raw", "ctrd-warm", "raw"}} {
 		a, ok1 := p50(r[1])
 		b, ok2 := p50(r[2])
 		if ok1 && ok2 {
@@ -364,7 +393,7 @@ func writeJSON(dir string, res *result) (string, error) {
 		return '_'
 	}, strings.TrimPrefix(res.Config.Daemon, "v"))
 	kind := "runtime"
-	if res.Config.has("fnlet") {
+	if res.Config.hasFnlet() {
 		kind = "system"
 	}
 	name := fmt.Sprintf("%s-%s-%s-%s.json", kind, version, res.Config.Runtime, res.Time.Format("20060102T150405Z"))

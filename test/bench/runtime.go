@@ -8,12 +8,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/containerd/api/types/runc/options"
@@ -24,6 +26,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/fnlet/fnlet/internal/ctrd"
+	"github.com/fnlet/fnlet/internal/testenv/cninet"
 )
 
 // ---- ctrd ----
@@ -33,14 +36,55 @@ type ctrdWay struct {
 	rt     *ctrd.Runtime
 	ioRoot string
 	stop   func()
+	// podNet, when set, runs every call with network: pod on this
+	// throwaway bridge network (the ctrd-podnet way).
+	podNet *cninet.Net
+	// exits holds when the runtime's event stream delivered each call's
+	// exit (call UID -> time.Time): the end of "process exit seen", before
+	// Wait collects the result (task status, metrics, output tails).
+	exits sync.Map
 }
 
-func newCtrdWay(ctx context.Context, cfg config) (*ctrdWay, error) {
+// exitSeen is when the exit of call uid arrived on the event stream.
+func (w *ctrdWay) exitSeen(uid string) (time.Time, bool) {
+	v, ok := w.exits.LoadAndDelete(uid)
+	if !ok {
+		return time.Time{}, false
+	}
+	return v.(time.Time), true
+}
+
+// newCtrdPodNetWay is the ctrd way with network: pod: its calls' extra
+// cost is the namespace, CNI ADD and DEL (bridge, host-local, loopback).
+func newCtrdPodNetWay(ctx context.Context, cfg config) (*ctrdWay, error) {
+	if why := cninet.Missing(); why != "" {
+		return nil, errors.New(why)
+	}
+	dir, err := os.MkdirTemp("", "fnlet-bench-cni-")
+	if err != nil {
+		return nil, err
+	}
+	n, err := cninet.New(dir)
+	if err != nil {
+		return nil, err
+	}
+	// A pool of 2, the manager's default (--pod-network-pool): attached
+	// namespaces made between calls, as a manager makes them.
+	w, err := newCtrdWay(ctx, cfg, ctrd.WithPodNetwork(n.ConfDir, cninet.BinDirs, n.NSDir, ""), ctrd.WithPodNetworkPool(2))
+	if err != nil {
+		n.Remove()
+		return nil, err
+	}
+	w.podNet = n
+	return w, nil
+}
+
+func newCtrdWay(ctx context.Context, cfg config, extra ...ctrd.Opt) (*ctrdWay, error) {
 	ioRoot, err := os.MkdirTemp("", "fnlet-bench-io-")
 	if err != nil {
 		return nil, err
 	}
-	opts := []ctrd.Opt{ctrd.WithNamespace(cfg.Namespace), ctrd.WithIORoot(ioRoot), ctrd.WithOCIRuntime(cfg.Runtime)}
+	opts := append([]ctrd.Opt{ctrd.WithNamespace(cfg.Namespace), ctrd.WithIORoot(ioRoot), ctrd.WithOCIRuntime(cfg.Runtime)}, extra...)
 	if cfg.Init != "" {
 		opts = append(opts, ctrd.WithInit(cfg.Init))
 	}
@@ -49,11 +93,16 @@ func newCtrdWay(ctx context.Context, cfg config) (*ctrdWay, error) {
 		os.RemoveAll(ioRoot)
 		return nil, err
 	}
+	w := &ctrdWay{cfg: cfg, rt: rt, ioRoot: ioRoot}
 	wctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = rt.Watch(wctx, func(ctrd.Event) {})
+		_ = rt.Watch(wctx, func(ev ctrd.Event) {
+			if ev.Kind == ctrd.EventExit {
+				w.exits.LoadOrStore(ev.Call.UID, time.Now())
+			}
+		})
 	}()
 	// Watch subscribes asynchronously; give it a moment before the first call
 	// so its exit event is not missed.
@@ -65,19 +114,25 @@ func newCtrdWay(ctx context.Context, cfg config) (*ctrdWay, error) {
 		return nil, err
 	}
 	time.Sleep(300 * time.Millisecond)
-	return &ctrdWay{cfg: cfg, rt: rt, ioRoot: ioRoot, stop: func() { cancel(); <-done }}, nil
+	w.stop = func() { cancel(); <-done }
+	return w, nil
 }
 
-func (w *ctrdWay) name() string { return "ctrd" }
+func (w *ctrdWay) name() string {
+	if w.podNet != nil {
+		return "ctrd-podnet"
+	}
+	return "ctrd"
+}
 
 func (w *ctrdWay) call(ctx context.Context, id string) (sample, error) {
-	uid := "bench-" + id
+	uid := w.name() + "-" + id // ways run the same ids
 	t := newTimer()
 	if _, err := w.rt.EnsureImage(ctx, w.cfg.Image, ctrd.PullIfNotPresent, nil); err != nil {
 		return sample{}, err
 	}
 	t.lap("EnsureImage")
-	call := ctrd.Call{UID: uid, Namespace: "bench", Name: "bench", Image: w.cfg.Image, Args: w.cfg.Args}
+	call := ctrd.Call{UID: uid, Namespace: "bench", Name: "bench", Image: w.cfg.Image, Args: w.cfg.Args, PodNetwork: w.podNet != nil}
 	if _, err := w.rt.Run(ctx, call); err != nil {
 		_ = w.rt.Delete(context.WithoutCancel(ctx), uid)
 		return sample{}, err
@@ -88,23 +143,42 @@ func (w *ctrdWay) call(ctx context.Context, id string) (sample, error) {
 		_ = w.rt.Delete(context.WithoutCancel(ctx), uid)
 		return sample{}, err
 	}
-	t.lap("Wait")
+	w.lapWait(t, uid)
 	if err := w.rt.Delete(ctx, uid); err != nil {
 		return sample{}, err
 	}
 	t.lap("Delete")
 	if s.Result == nil || s.Result.ExitCode != 0 {
-		return sample{}, fmt.Errorf("call did not exit 0: %+v", s.Result)
+		return sample{}, fmt.Errorf("call did not exit 0: %+v (state %+v)", s.Result, s)
 	}
 	// The full logs stay for retention; the benchmark does not keep them.
 	os.RemoveAll(s.LogDir)
 	return t.sample(), nil
 }
 
+// lapWait ends the phases "Exit" (until the exit event arrived) and
+// "Collect" (Wait reading the result); an exit found by Wait before its
+// event (it reads the state first) is a zero-length Collect.
+func (w *ctrdWay) lapWait(t *timer, uid string) {
+	now := time.Now()
+	at, ok := w.exitSeen(uid)
+	if !ok || at.After(now) {
+		at = now
+	}
+	t.lapAt("Exit", at)
+	t.lapAt("Collect", now)
+}
+
 func (w *ctrdWay) close() {
 	w.stop()
 	w.rt.Close()
 	os.RemoveAll(w.ioRoot)
+	if w.podNet != nil {
+		if l, err := w.podNet.Count(); err != nil || !l.Zero() {
+			fmt.Fprintf(os.Stderr, "ctrd-podnet: left on its network: %s (%v)\n", l, err)
+		}
+		w.podNet.Remove()
+	}
 }
 
 // ---- ctrd, warm ----
@@ -155,13 +229,13 @@ func (w *ctrdWarmWay) call(ctx context.Context, id string) (sample, error) {
 		_ = w.rt.Delete(context.WithoutCancel(ctx), uid)
 		return sample{}, err
 	}
-	t.lap("Wait")
+	w.lapWait(t, uid)
 	if err := w.rt.Delete(ctx, uid); err != nil {
 		return sample{}, err
 	}
 	t.lap("Delete")
 	if s.Result == nil || s.Result.ExitCode != 0 {
-		return sample{}, fmt.Errorf("call did not exit 0: %+v", s.Result)
+		return sample{}, fmt.Errorf("call did not exit 0: %+v (state %+v)", s.Result, s)
 	}
 	os.RemoveAll(s.LogDir)
 	os.Remove(filepath.Join(w.ioRoot, ctrd.ContainerID(uid)))

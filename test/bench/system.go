@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -55,6 +56,12 @@ type system struct {
 	stopW   context.CancelFunc
 	wDone   sync.WaitGroup
 	created atomic.Int64 // FunctionCalls created
+
+	// The fnlet-warm way: the FunctionPool of this run (empty without the
+	// way), and how many of its calls ran in one of its containers.
+	pool       string
+	warmHits   atomic.Int64
+	warmMisses atomic.Int64
 
 	mu    sync.Mutex
 	marks map[string]snapshot
@@ -106,7 +113,7 @@ func newSystem(ctx context.Context, cfg *config, runID, out string) (*system, er
 	s.stopW = stop
 	sel := map[string]string{runLabel: runID}
 	var ready []chan struct{}
-	if cfg.has("fnlet") {
+	if cfg.hasFnlet() {
 		s.fcs = newTracker(kc, cfg.KubeNamespace, sel, func() client.ObjectList { return &fnletv1.FunctionCallList{} },
 			observeCall, callWriteKind)
 		ch := make(chan struct{})
@@ -132,12 +139,17 @@ func newSystem(ctx context.Context, cfg *config, runID, out string) (*system, er
 			return nil, ctx.Err()
 		}
 	}
-	if cfg.has("fnlet") {
+	if cfg.hasFnlet() {
 		if s.mgr, err = startManager(ctx, cfg, out); err != nil {
 			return nil, err
 		}
 		fmt.Printf("manager: pid %d, node %s, containerd namespace %s, log-dir %s, metrics %s, pprof %s, log %s\n",
 			s.mgr.cmd.Process.Pid, cfg.Node, cfg.ManagerNamespace, s.mgr.logDir, s.mgr.metricsAddr, orNone(s.mgr.pprofAddr), s.mgr.logPath)
+	}
+	if cfg.has("fnlet-warm") {
+		if err := s.createPool(ctx); err != nil {
+			return nil, err
+		}
 	}
 	ok = true
 	return s, nil
@@ -197,22 +209,43 @@ func (s *system) snap(name string) (snapshot, bool) {
 	return m, ok
 }
 
-// ---- the fnlet way ----
+// ---- the fnlet and fnlet-warm ways ----
 
-type fnletWay struct{ sys *system }
+// fnletWay is a FunctionCall from create to Succeeded seen on the watch.
+// With warm set (the fnlet-warm way) the call names the run's pool and has
+// its profile (read-only rootfs), so the manager runs it in a pre-started
+// container; the fnlet way's calls do not fit the pool (their rootfs is
+// writable) and run cold, which each call checks in status.pool.
+type fnletWay struct {
+	sys  *system
+	warm bool
+}
 
-func (w *fnletWay) name() string { return "fnlet" }
-func (w *fnletWay) close()       {}
+func (w *fnletWay) name() string {
+	if w.warm {
+		return "fnlet-warm"
+	}
+	return "fnlet"
+}
+
+func (w *fnletWay) close() {}
 
 func (w *fnletWay) call(ctx context.Context, id string) (sample, error) {
 	s := w.sys
 	name := "fc-" + id
+	if w.warm {
+		name = "fcw-" + id
+	}
 	wt := s.fcs.register(name)
 	defer s.fcs.unregister(name)
 	fc := &fnletv1.FunctionCall{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.cfg.KubeNamespace, Labels: map[string]string{runLabel: s.runID}},
 		Spec: fnletv1.FunctionCallSpec{Image: s.cfg.Image, ImagePullPolicy: corev1.PullNever, NodeName: s.cfg.Node,
 			Args: s.cfg.Args},
+	}
+	if w.warm {
+		fc.Spec.Pool = s.pool
+		fc.Spec.SecurityContext = &fnletv1.CallSecurityContext{ReadOnlyRootFilesystem: ptr.To(true)}
 	}
 	t := newTimer()
 	if err := s.kc.Create(ctx, fc); err != nil {
@@ -221,7 +254,7 @@ func (w *fnletWay) call(ctx context.Context, id string) (sample, error) {
 	s.created.Add(1)
 	t.lap("create")
 	if err := await(ctx, wt, "FunctionCall "+name+" Succeeded"); err != nil {
-		return sample{}, err
+		return sample{}, fmt.Errorf("%w; last seen: %s", err, s.describeCall(name))
 	}
 	seen := s.fcs.seenAt(wt)
 	// Each mark is the watch event of one of the manager's writes.
@@ -234,7 +267,101 @@ func (w *fnletWay) call(ctx context.Context, id string) (sample, error) {
 	}
 	smp := t.sample()
 	smp.ID = name
+	_, warm := seen[poolMark(s.pool)]
+	switch {
+	case w.warm && warm:
+		s.warmHits.Add(1)
+	case w.warm:
+		// A miss ran cold; it stays in the way's samples, as a user would
+		// have waited for it, and lowers the hit rate.
+		s.warmMisses.Add(1)
+	case s.pool != "" && warm:
+		return sample{}, fmt.Errorf("FunctionCall %s of the cold way ran in pool %s: the pool must not fit cold calls", name, s.pool)
+	}
 	return smp, nil
+}
+
+// describeCall is what the watch last showed of a call, for errors.
+func (s *system) describeCall(name string) string {
+	o, ok := s.fcs.lastSeen(name)
+	fc, _ := o.(*fnletv1.FunctionCall)
+	if !ok || fc == nil {
+		return "nothing"
+	}
+	st := fc.Status
+	var conds []string
+	for _, c := range st.Conditions {
+		conds = append(conds, fmt.Sprintf("%s=%s (%s: %s)", c.Type, c.Status, c.Reason, c.Message))
+	}
+	return fmt.Sprintf("phase %q reason %q message %q node %q container %q pool %q attempts %d finalizers %v conditions [%s]",
+		st.Phase, st.Reason, st.Message, st.NodeName, st.ContainerID, st.Pool, st.Attempts, fc.Finalizers, strings.Join(conds, "; "))
+}
+
+// poolMark is the watch mark of a call that ran in pool (status.pool).
+func poolMark(pool string) string { return "pool=" + pool }
+
+// createPool makes the run's FunctionPool for the fnlet-warm way: the fnlet
+// way's image, the manager's default limits (so a claim needs no Update),
+// a read-only rootfs (so the fnlet way's calls do not fit it), on the
+// manager's node; and waits until the node reports it full.
+func (s *system) createPool(ctx context.Context) error {
+	s.pool = "bench-" + s.runID
+	pool := &fnletv1.FunctionPool{
+		ObjectMeta: metav1.ObjectMeta{Name: s.pool, Namespace: s.cfg.KubeNamespace, Labels: map[string]string{runLabel: s.runID}},
+		Spec: fnletv1.FunctionPoolSpec{Image: s.cfg.Image, ImagePullPolicy: corev1.PullNever, Size: int32(s.cfg.PoolSize),
+			Resources:       &fnletv1.CallResources{Memory: ptr.To(resource.MustParse("256Mi")), Pids: ptr.To[int64](1024)},
+			SecurityContext: &fnletv1.PoolSecurityContext{ReadOnlyRootFilesystem: ptr.To(true)}},
+	}
+	if err := s.kc.Create(ctx, pool); err != nil {
+		return fmt.Errorf("create FunctionPool %s: %w", s.pool, err)
+	}
+	start := time.Now()
+	st, err := s.waitPool(ctx, time.Minute, func(e fnletv1.PoolNodeStatus) bool { return e.Ready >= int32(s.cfg.PoolSize) })
+	if err != nil {
+		return err
+	}
+	fmt.Printf("pool: FunctionPool %s/%s, size %d, ready %d on node %s after %s (digest %s)\n", s.cfg.KubeNamespace, s.pool,
+		s.cfg.PoolSize, st.Ready, s.cfg.Node, time.Since(start).Round(100*time.Millisecond), st.Digest)
+	return nil
+}
+
+// waitPool polls the pool's status entry of the manager's node until ok
+// holds (the manager writes it at most every 5 s) or d has passed.
+func (s *system) waitPool(ctx context.Context, d time.Duration, ok func(fnletv1.PoolNodeStatus) bool) (fnletv1.PoolNodeStatus, error) {
+	deadline := time.Now().Add(d)
+	var last fnletv1.PoolNodeStatus
+	for {
+		var p fnletv1.FunctionPool
+		if err := s.kc.Get(ctx, types.NamespacedName{Namespace: s.cfg.KubeNamespace, Name: s.pool}, &p); err != nil {
+			return last, fmt.Errorf("FunctionPool %s: %w", s.pool, err)
+		}
+		for _, e := range p.Status.Nodes {
+			if e.Node == s.cfg.Node {
+				last = e
+				if ok(e) {
+					return e, nil
+				}
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return last, fmt.Errorf("FunctionPool %s on node %s not as wanted after %s: status %+v (manager log %s)", s.pool, s.cfg.Node, d, last, s.mgr.logPath)
+		}
+		sleepCtx(ctx, 250*time.Millisecond)
+	}
+}
+
+// poolStatus is the pool's entry of the manager's node, as last written.
+func (s *system) poolStatus(ctx context.Context) (fnletv1.PoolNodeStatus, bool) {
+	var p fnletv1.FunctionPool
+	if err := s.kc.Get(ctx, types.NamespacedName{Namespace: s.cfg.KubeNamespace, Name: s.pool}, &p); err != nil {
+		return fnletv1.PoolNodeStatus{}, false
+	}
+	for _, e := range p.Status.Nodes {
+		if e.Node == s.cfg.Node {
+			return e, true
+		}
+	}
+	return fnletv1.PoolNodeStatus{}, false
 }
 
 func observeCall(o client.Object) ([]string, bool, error) {
@@ -245,6 +372,9 @@ func observeCall(o client.Object) ([]string, bool, error) {
 	var marks []string
 	if fc.Status.NodeName != "" {
 		marks = append(marks, "claimed")
+	}
+	if fc.Status.Pool != "" {
+		marks = append(marks, poolMark(fc.Status.Pool))
 	}
 	if slices.Contains(fc.Finalizers, finalizer) {
 		marks = append(marks, "finalizer")
@@ -389,9 +519,7 @@ func (s *system) load(ctx context.Context, w way, name string, c, n int, d time.
 	var ok []sample
 	start := time.Now()
 	end := start.Add(d)
-	before, _ := readProc(s.mgr.cmd.Process.Pid)
-	procs0 := s.procCPU()
-	busy0, total0 := machineCPU()
+	account := s.startAccounting()
 	var wg sync.WaitGroup
 	for range c {
 		wg.Go(func() {
@@ -431,19 +559,76 @@ func (s *system) load(ctx context.Context, w way, name string, c, n int, d time.
 		lr.Stats = statsOf(lr.Latencies)
 		lr.Phases = phaseMeans(ok)
 	}
-	if after, err := readProc(s.mgr.cmd.Process.Pid); err == nil {
-		lr.CPUSeconds = after.CPUSeconds - before.CPUSeconds
-	}
-	busy1, total1 := machineCPU()
-	if total1 > total0 {
-		lr.Busy = (busy1 - busy0) / (total1 - total0)
-	}
-	lr.ProcCPU = map[string]float64{}
-	for k, v := range s.procCPU() {
-		if v0, ok := procs0[k]; ok {
-			lr.ProcCPU[k] = v - v0
+	account(lr)
+	return lr
+}
+
+// startAccounting reads the CPU counters; the returned func writes what
+// was spent since into lr: the manager's, the -procs processes' (shared
+// daemons, so other clients count too) and how busy the machine was.
+func (s *system) startAccounting() func(lr *loadRun) {
+	before, _ := readProc(s.mgr.cmd.Process.Pid)
+	procs0 := s.procCPU()
+	busy0, total0 := machineCPU()
+	return func(lr *loadRun) {
+		if after, err := readProc(s.mgr.cmd.Process.Pid); err == nil {
+			lr.CPUSeconds = after.CPUSeconds - before.CPUSeconds
+		}
+		busy1, total1 := machineCPU()
+		if total1 > total0 {
+			lr.Busy = (busy1 - busy0) / (total1 - total0)
+		}
+		lr.ProcCPU = map[string]float64{}
+		for k, v := range s.procCPU() {
+			if v0, ok := procs0[k]; ok {
+				lr.ProcCPU[k] = v - v0
+			}
 		}
 	}
+}
+
+// paced starts n calls of w at a steady rate, open loop (one every 1/rate
+// seconds whether or not the earlier ones are done), and waits for them:
+// the arrival pattern a pool's refill has to keep up with.
+func (s *system) paced(ctx context.Context, w way, name string, rate float64, n int) *loadRun {
+	lr := &loadRun{Way: w.name(), Name: name, Rate: rate}
+	var mu sync.Mutex
+	var ok []sample
+	start := time.Now()
+	account := s.startAccounting()
+	var wg sync.WaitGroup
+	tick := time.NewTicker(time.Duration(float64(time.Second) / rate))
+	defer tick.Stop()
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		if i > 0 {
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+			}
+		}
+		wg.Go(func() {
+			smp, err := oneCall(ctx, w, fmt.Sprintf("%s-%s-%d", s.runID, name, i))
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				lr.Errors++
+				if lr.FirstError == "" {
+					lr.FirstError = err.Error()
+				}
+				return
+			}
+			lr.Calls++
+			lr.Latencies = append(lr.Latencies, smp.Total)
+			ok = append(ok, smp)
+		})
+	}
+	wg.Wait()
+	lr.WallNs = time.Since(start)
+	if len(lr.Latencies) > 0 {
+		lr.Stats = statsOf(lr.Latencies)
+		lr.Phases = phaseMeans(ok)
+	}
+	account(lr)
 	return lr
 }
 
@@ -902,6 +1087,12 @@ func (s *system) close(ctx context.Context, res *result) error {
 	if s.fcs != nil || s.mgr != nil {
 		if err := s.deleteAll(ctx, &fnletv1.FunctionCall{}, &fnletv1.FunctionCallList{}, 6*time.Minute, ns, sel); err != nil {
 			errs = append(errs, fmt.Errorf("delete FunctionCalls: %w", err))
+		}
+	}
+	if s.pool != "" {
+		// The manager removes the pool's containers once it is gone.
+		if err := s.deleteAll(ctx, &fnletv1.FunctionPool{}, &fnletv1.FunctionPoolList{}, time.Minute, ns, sel); err != nil {
+			errs = append(errs, fmt.Errorf("delete FunctionPools: %w", err))
 		}
 	}
 	if s.pods != nil {

@@ -75,6 +75,14 @@ func (t *tracker) seenAt(w *waiter) map[string]time.Time {
 	return out
 }
 
+// lastSeen is the last copy of the named object seen on the watch.
+func (t *tracker) lastSeen(name string) (client.Object, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	o, ok := t.last[name]
+	return o, ok
+}
+
 // counts returns the write kinds seen so far, and the objects.
 func (t *tracker) counts() (map[string]int, int) {
 	t.mu.Lock()

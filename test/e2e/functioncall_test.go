@@ -246,7 +246,7 @@ func TestKubectlGetReadable(t *testing.T) {
 		}
 	}
 	wide := kubectl(t, "get", "fc", "table-ok", "-o", "wide")
-	if h := strings.Fields(strings.SplitN(wide, "\n", 2)[0]); strings.Join(h, " ") != "NAME PHASE REASON EXIT NODE STARTED FINISHED AGE" {
+	if h := strings.Fields(strings.SplitN(wide, "\n", 2)[0]); strings.Join(h, " ") != "NAME PHASE REASON EXIT NODE IP STARTED FINISHED AGE" {
 		t.Errorf("-o wide header %q", h)
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 	"github.com/fnlet/fnlet/internal/ctrd"
+	"github.com/fnlet/fnlet/internal/testenv"
 	utiltesting "github.com/fnlet/fnlet/internal/testing"
 )
 
@@ -149,4 +150,48 @@ func TestWarmPool(t *testing.T) {
 			t.Errorf("directory of an unused pre-started container left: %s", d)
 		}
 	}
+}
+
+// TestPoolImagePullFailed: a pool whose image cannot be pulled says so in
+// its node's status entry (no ready container, the pull error as message)
+// and with a Warning Event, once per distinct error; the node keeps no
+// container of it and calls still run cold.
+func TestPoolImagePullFailed(t *testing.T) {
+	requireEnv(t)
+	ns := newNamespace(t)
+	const node = "it-pool-pull"
+	startManager(t, node, t.TempDir())
+	ctx := context.Background()
+
+	// Nothing listens on port 1: the pull is refused at once, no network needed.
+	const image = "127.0.0.1:1/fnlet/missing:v1"
+	pool := utiltesting.MakeFunctionPool("unpullable", ns, image).Size(2).Obj()
+	if err := env.k8s.Create(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	key := types.NamespacedName{Namespace: ns, Name: "unpullable"}
+	e := waitPool(t, key, node, "reporting the pull error", func(e fnletv1.PoolNodeStatus) bool { return e.Message != "" })
+	if e.Ready != 0 || e.Digest != "" || !strings.Contains(e.Message, "pull "+image) {
+		t.Errorf("entry %+v: want ready 0, no digest and a message about pulling %s", e, image)
+	}
+	testenv.Eventually(t, 30*time.Second, 50*time.Millisecond, "a Warning Event PoolImagePullFailed", func() error {
+		if !hasEvent(t, key, "PoolImagePullFailed", "node "+node+": pull "+image) {
+			return fmt.Errorf("no such event in namespace %s", ns)
+		}
+		return nil
+	})
+	if ids := poolContainers(t, ns+"/unpullable"); len(ids) > 0 {
+		t.Errorf("containers of an unpullable pool: %v", ids)
+	}
+
+	// A call of the same image in the pool's namespace is not failed by the
+	// pool: it runs (cold) and fails on its own pull, like any call.
+	fc := waitFinished(t, create(t, call("same-image", ns, node).Image(image).Obj()), 60*time.Second)
+	expectOutcome(t, fc, fnletv1.PhaseFailed, fnletv1.ReasonImagePullFailed, nil)
+	if fc.Status.Pool != "" {
+		t.Errorf("call ran in pool %q", fc.Status.Pool)
+	}
+	// And a call of another image runs as if there were no pool.
+	ok := waitFinished(t, create(t, call("other-image", ns, node).Obj()), 60*time.Second)
+	expectOutcome(t, ok, fnletv1.PhaseSucceeded, fnletv1.ReasonCompleted, i32(0))
 }

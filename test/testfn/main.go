@@ -41,8 +41,13 @@
 //     to stdout).
 //  12. -spin D            busy-loop on -spin-procs CPUs (default 1) for
 //     duration D (Go syntax: 500ms, 2s).
-//  13. -sleep D           sleep for duration D.
-//  14. -exit N            exit with status N (default 0).
+//  13. -http-get URL      GET URL (3 s timeout) and print the body to stdout;
+//     a failed request is an action failure (exit 111).
+//     -http-serve ADDR    listen on ADDR (e.g. :8080), print "serving\n" to
+//     stdout, and answer every request with "served-by=<hostname>\n" until
+//     killed (nothing after it runs).
+//  14. -sleep D           sleep for duration D.
+//  15. -exit N            exit with status N (default 0).
 //
 // Sizes (N of the -*-bytes flags) are plain byte counts or binary multiples:
 // 4k = 4K = 4KiB = 4096, 1M = 1MiB, 1G = 1GiB.
@@ -67,6 +72,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
@@ -104,6 +111,8 @@ type config struct {
 	spin        time.Duration
 	spinProcs   int
 	sleep       time.Duration
+	httpGet     string
+	httpServe   string
 	exit        int
 
 	child bool // hidden: run as a child of -fork-children / -fork-bomb
@@ -186,6 +195,8 @@ func parseArgs(args []string, errOut io.Writer) (*config, error) {
 	fs.DurationVar(&c.spin, "spin", 0, "busy-loop for `D`")
 	fs.IntVar(&c.spinProcs, "spin-procs", c.spinProcs, "busy-loop on `N` CPUs")
 	fs.DurationVar(&c.sleep, "sleep", 0, "sleep for `D`")
+	fs.StringVar(&c.httpGet, "http-get", "", "GET `URL` and print the body")
+	fs.StringVar(&c.httpServe, "http-serve", "", "serve HTTP on `ADDR` until killed")
 	fs.IntVar(&c.exit, "exit", 0, "exit status `N`")
 	fs.BoolVar(&c.child, "child", false, "internal: child mode of -fork-children/-fork-bomb")
 	if err := fs.Parse(args); err != nil {
@@ -345,6 +356,14 @@ func run(c *config, p *proc) error {
 	if c.spin > 0 {
 		spin(c.spin, c.spinProcs)
 	}
+	if c.httpGet != "" {
+		if err := httpGet(c.httpGet, p.stdout); err != nil {
+			return err
+		}
+	}
+	if c.httpServe != "" {
+		return httpServe(c.httpServe, p.stdout)
+	}
 	if c.sleep > 0 {
 		time.Sleep(c.sleep)
 	}
@@ -489,4 +508,31 @@ func runChild() {
 	for {
 		time.Sleep(time.Hour)
 	}
+}
+
+func httpGet(url string, out io.Writer) error {
+	c := &http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return fmt.Errorf("http-get: %w", err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(out, resp.Body); err != nil {
+		return fmt.Errorf("http-get: %w", err)
+	}
+	return nil
+}
+
+func httpServe(addr string, out io.Writer) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("http-serve: %w", err)
+	}
+	host, _ := os.Hostname()
+	if _, err := fmt.Fprintln(out, "serving"); err != nil {
+		return fmt.Errorf("write stdout: %w", err)
+	}
+	return http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintf(w, "served-by=%s\n", host)
+	}))
 }
