@@ -198,7 +198,7 @@ func testPoolCreate(ctx context.Context, t *testing.T, c client.Client) {
 		"cpu over 64":               {pool: base().CPU("65"), wantErr: "cpu must be at most 64"},
 		"pids 0":                    {pool: base().Pids(0), wantErr: "spec.resources.pids in body should be greater than or equal to 1"},
 		"pids over 32768":           {pool: base().Pids(32769), wantErr: "spec.resources.pids in body should be less than or equal to 32768"},
-		"unknown network":           {pool: base().Network("bridge"), wantErr: `spec.network: Unsupported value: "bridge": supported values: "none", "host"`},
+		"unknown network":           {pool: base().Network("bridge"), wantErr: `spec.network: Unsupported value: "bridge": supported values: "none", "pod", "host"`},
 		"unknown pull policy":       {pool: base().ImagePullPolicy("Sometimes"), wantErr: `spec.imagePullPolicy: Unsupported value: "Sometimes"`},
 		"negative runAsUser":        {pool: base().RunAs(-1, 0), wantErr: "spec.securityContext.runAsUser in body should be greater than or equal to 0"},
 		"negative runAsGroup":       {pool: base().RunAs(0, -1), wantErr: "spec.securityContext.runAsGroup in body should be greater than or equal to 0"},
@@ -345,7 +345,7 @@ func testCreate(ctx context.Context, t *testing.T, c client.Client) {
 		"cpu 0":               {call: base().CPU("0"), wantErr: "cpu must be at least 1m"},
 		"cpu too large":       {call: base().CPU("65"), wantErr: "cpu must be at most 64"},
 		"pids 0":              {call: base().Pids(0), wantErr: "spec.resources.pids in body should be greater than or equal to 1"},
-		"unknown network":     {call: base().Network("bridge"), wantErr: `spec.network: Unsupported value: "bridge": supported values: "none", "host"`},
+		"unknown network":     {call: base().Network("bridge"), wantErr: `spec.network: Unsupported value: "bridge": supported values: "none", "pod", "host"`},
 		"unknown pull policy": {call: base().ImagePullPolicy("Sometimes"), wantErr: `spec.imagePullPolicy: Unsupported value: "Sometimes"`},
 		"env with both value and valueFrom": {call: base().EnvFromSecret("A", "sec", "k"), wantErr: "env: set either value or valueFrom, not both",
 			raw: func(t *testing.T, u *unstructured.Unstructured) {
