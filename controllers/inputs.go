@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"os"
+	"slices"
 	"strings"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
@@ -78,6 +82,7 @@ func (ir inputResolver) notGranted(what, ns string) error {
 // buildCall turns a FunctionCall into the runtime's Call plus the registry
 // logins from its imagePullSecrets.
 func (ir inputResolver) buildCall(ctx context.Context, fc *fnletv1.FunctionCall, lim Limits) (ctrd.Call, ctrd.RegistryAuth, error) {
+	ctx = withoutBodyLogs(ctx)
 	spec := &fc.Spec
 	call := ctrd.Call{
 		UID:         string(fc.UID),
@@ -113,6 +118,16 @@ func (ir inputResolver) buildCall(ctx context.Context, fc *fnletv1.FunctionCall,
 			}
 			call.Input = []byte(v)
 		}
+	}
+	for _, v := range spec.Volumes {
+		cv, err := ir.volume(ctx, fc.Namespace, v)
+		if err != nil {
+			return ctrd.Call{}, nil, fmt.Errorf("volume %s: %w", v.Name, err)
+		}
+		call.Volumes = append(call.Volumes, cv)
+	}
+	if spec.Scratch != nil {
+		call.ScratchBytes = spec.Scratch.SizeLimit.Value()
 	}
 	call.MemoryBytes, call.MilliCPU, call.Pids = lim.DefaultMemoryBytes, lim.DefaultMilliCPU, lim.DefaultPids
 	if r := spec.Resources; r != nil {
@@ -201,6 +216,120 @@ func (ir inputResolver) keyValue(ctx context.Context, ns string, sec *corev1.Sec
 		return "", invalidSpec("ConfigMap %s/%s has no key %q", ns, cm.Name, cm.Key)
 	}
 	return "", invalidSpec("no value source")
+}
+
+// maxReadVerbosity caps the verbosity of the logger that client-go finds
+// in the context of inputResolver's reads: from V(8) on it logs request
+// and response bodies, and a Secret's body is its data. A manager run with
+// --zap-log-level=8 or more would otherwise log every Secret a call uses
+// (TestSecretNeverLeaks).
+const maxReadVerbosity = 7
+
+func withoutBodyLogs(ctx context.Context) context.Context {
+	sink := logr.FromContextOrDiscard(ctx).GetSink()
+	if sink == nil {
+		return ctx
+	}
+	return logr.NewContext(ctx, logr.New(cappedSink{LogSink: sink, max: maxReadVerbosity}))
+}
+
+// cappedSink is a LogSink that drops messages above verbosity max.
+type cappedSink struct {
+	logr.LogSink
+	max int
+}
+
+func (c cappedSink) Enabled(level int) bool { return level <= c.max && c.LogSink.Enabled(level) }
+
+func (c cappedSink) WithValues(kv ...any) logr.LogSink {
+	return cappedSink{LogSink: c.LogSink.WithValues(kv...), max: c.max}
+}
+
+func (c cappedSink) WithName(name string) logr.LogSink {
+	return cappedSink{LogSink: c.LogSink.WithName(name), max: c.max}
+}
+
+// defaultFileMode is the mode of a volume's files when the call sets none,
+// as for a Pod's configMap and secret volumes.
+const defaultFileMode = 0o644
+
+// volume resolves one volume: an emptyDir's size, or the files of a
+// ConfigMap or Secret of the call's namespace, read like env and input
+// (direct GETs, only where the namespace opted in). A missing object or
+// key fails the call InvalidSpec naming it, unless the volume is optional;
+// no error ever carries the data.
+func (ir inputResolver) volume(ctx context.Context, ns string, v fnletv1.Volume) (ctrd.Volume, error) {
+	out := ctrd.Volume{Name: v.Name, MountPath: v.MountPath}
+	switch {
+	case v.EmptyDir != nil:
+		out.TmpfsBytes = v.EmptyDir.SizeLimit.Value()
+		return out, nil
+	case v.ConfigMap != nil:
+		src := v.ConfigMap
+		var c corev1.ConfigMap
+		if err := ir.reader.Get(ctx, types.NamespacedName{Namespace: ns, Name: src.Name}, &c); err != nil {
+			if err := ir.missingRef(err, "ConfigMap", ns, src.Name, src.Optional); err != nil {
+				return ctrd.Volume{}, err
+			}
+			return out, nil // optional and absent: an empty volume
+		}
+		data := make(map[string][]byte, len(c.Data)+len(c.BinaryData))
+		for k, d := range c.Data {
+			data[k] = []byte(d)
+		}
+		for k, d := range c.BinaryData {
+			data[k] = d
+		}
+		files, err := projectFiles(data, src.Items, src.DefaultMode, src.Optional, "ConfigMap", ns, src.Name)
+		out.Files = files
+		return out, err
+	case v.Secret != nil:
+		src := v.Secret
+		var s corev1.Secret
+		if err := ir.reader.Get(ctx, types.NamespacedName{Namespace: ns, Name: src.SecretName}, &s); err != nil {
+			if err := ir.missingRef(err, "Secret", ns, src.SecretName, src.Optional); err != nil {
+				return ctrd.Volume{}, err
+			}
+			return out, nil
+		}
+		files, err := projectFiles(s.Data, src.Items, src.DefaultMode, src.Optional, "Secret", ns, src.SecretName)
+		out.Files = files
+		return out, err
+	}
+	return ctrd.Volume{}, invalidSpec("no volume source")
+}
+
+// projectFiles turns an object's keys into files, like the kubelet's
+// projection: every key named after itself, or only items at their paths.
+func projectFiles(data map[string][]byte, items []fnletv1.KeyToPath, defaultMode *int32, optional *bool, kind, ns, name string) ([]ctrd.File, error) {
+	mode := os.FileMode(defaultFileMode)
+	if defaultMode != nil {
+		mode = os.FileMode(*defaultMode) & os.ModePerm
+	}
+	if len(items) == 0 {
+		keys := slices.Sorted(maps.Keys(data))
+		files := make([]ctrd.File, 0, len(keys))
+		for _, k := range keys {
+			files = append(files, ctrd.File{Path: k, Data: data[k], Mode: mode})
+		}
+		return files, nil
+	}
+	files := make([]ctrd.File, 0, len(items))
+	for _, it := range items {
+		d, ok := data[it.Key]
+		if !ok {
+			if optional != nil && *optional {
+				continue
+			}
+			return nil, invalidSpec("%s %s/%s has no key %q", kind, ns, name, it.Key)
+		}
+		m := mode
+		if it.Mode != nil {
+			m = os.FileMode(*it.Mode) & os.ModePerm
+		}
+		files = append(files, ctrd.File{Path: it.Path, Data: d, Mode: m})
+	}
+	return files, nil
 }
 
 // missingRef maps a failed GET of a referenced object: not found is the

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -167,6 +169,61 @@ func TestUnitBuildCall(t *testing.T) {
 			fc:          optionalEnv(call().EnvFromSecret("S", "creds", "token").Obj()),
 			funcs:       ptr.To(getErr("Secret", forbidden)),
 			wantInvalid: grant,
+		},
+		"volumes: every key of a ConfigMap, items of a Secret with modes, an emptyDir, scratch": {
+			fc: call().ConfigMapVolume("cfg", "/etc/app", "cfg").
+				SecretVolume("creds", "/run/creds", "creds", utiltesting.Item("token", "auth/token", 0o400), utiltesting.Item("stdin", "in")).DefaultMode(0o440).
+				EmptyDir("work", "/work", "8Mi").Scratch("4Mi").Obj(),
+			want: baseCall(func(c *ctrd.Call) {
+				c.Volumes = []ctrd.Volume{
+					{Name: "cfg", MountPath: "/etc/app", Files: []ctrd.File{
+						{Path: "blob", Data: []byte("bin"), Mode: 0o644},
+						{Path: "level", Data: []byte("debug"), Mode: 0o644},
+						{Path: "stdin", Data: []byte("from a configmap"), Mode: 0o644},
+					}},
+					{Name: "creds", MountPath: "/run/creds", Files: []ctrd.File{
+						{Path: "auth/token", Data: []byte("s3cret"), Mode: 0o400},
+						{Path: "in", Data: []byte("from a secret"), Mode: 0o440},
+					}},
+					{Name: "work", MountPath: "/work", TmpfsBytes: 8 << 20},
+				}
+				c.ScratchBytes = 4 << 20
+			}),
+		},
+		"volume from a missing ConfigMap": {
+			fc:          call().ConfigMapVolume("cfg", "/etc/app", "nope").Obj(),
+			wantInvalid: "volume cfg: invalid spec: ConfigMap default/nope not found",
+		},
+		"volume from a missing Secret": {
+			fc:          call().SecretVolume("creds", "/creds", "nope").Obj(),
+			wantInvalid: "volume creds: invalid spec: Secret default/nope not found",
+		},
+		"volume item of a missing Secret key": {
+			fc:          call().SecretVolume("creds", "/creds", "creds", utiltesting.Item("nokey", "k")).Obj(),
+			wantInvalid: `volume creds: invalid spec: Secret default/creds has no key "nokey"`,
+		},
+		"volume item of a missing ConfigMap key": {
+			fc:          call().ConfigMapVolume("cfg", "/cfg", "cfg", utiltesting.Item("nokey", "k")).Obj(),
+			wantInvalid: `volume cfg: invalid spec: ConfigMap default/cfg has no key "nokey"`,
+		},
+		"optional volumes: a missing object is an empty volume, a missing key no file": {
+			fc: call().SecretVolume("a", "/a", "nope").OptionalVolume().
+				ConfigMapVolume("b", "/b", "cfg", utiltesting.Item("nokey", "x"), utiltesting.Item("level", "level")).OptionalVolume().Obj(),
+			want: baseCall(func(c *ctrd.Call) {
+				c.Volumes = []ctrd.Volume{
+					{Name: "a", MountPath: "/a"},
+					{Name: "b", MountPath: "/b", Files: []ctrd.File{{Path: "level", Data: []byte("debug"), Mode: 0o644}}},
+				}
+			}),
+		},
+		"volume from a Secret of another namespace": {
+			fc:          call().SecretVolume("s", "/s", "elsewhere").Obj(),
+			wantInvalid: "Secret default/elsewhere not found",
+		},
+		"volume from a Secret the manager may not read: the message says what to bind": {
+			fc:          call().SecretVolume("s", "/s", "creds").Obj(),
+			funcs:       ptr.To(getErr("Secret", forbidden)),
+			wantInvalid: "volume s: invalid spec: Secret default/creds is not readable: the fnlet manager may not read Secrets or ConfigMaps in namespace default, which has not opted in; to allow it, bind the ClusterRole fnlet-namespace-reader in that namespace: " + grant,
 		},
 		"input from a ConfigMap the manager may not read": {
 			fc:          call().InputFromConfigMap("cfg", "stdin").Obj(),
@@ -374,5 +431,23 @@ func TestUnitCommandWarning(t *testing.T) {
 				t.Errorf("commandWarning = %q, want it to contain %q and explain why", got, tc.want)
 			}
 		})
+	}
+}
+
+// Reads of Secrets run under a logger that drops V(8) and above, where
+// client-go logs request and response bodies (a Secret's data); the rest
+// of the manager's verbosity is untouched.
+func TestUnitReadsDoNotLogBodies(t *testing.T) {
+	var lines []string
+	base := funcr.New(func(prefix, args string) { lines = append(lines, args) }, funcr.Options{Verbosity: 10})
+	ctx := withoutBodyLogs(logr.NewContext(context.Background(), base.WithName("reconcile")))
+	l := logr.FromContextOrDiscard(ctx).WithValues("call", "a")
+	l.V(8).Info("Response Body", "body", "s3cret")
+	l.V(7).Info("kept")
+	if len(lines) != 1 || !strings.Contains(lines[0], "kept") || strings.Contains(strings.Join(lines, "\n"), "s3cret") {
+		t.Errorf("logged %q, want only the V(7) line", lines)
+	}
+	if !base.V(8).Enabled() {
+		t.Errorf("the manager's own logger lost its verbosity")
 	}
 }

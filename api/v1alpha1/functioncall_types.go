@@ -43,6 +43,9 @@ const (
 
 // FunctionCallSpec is what to run and under which limits. It is immutable once
 // a node has claimed the call, except Cancel.
+// +kubebuilder:validation:XValidation:rule="!has(self.scratch) || !has(self.volumes) || self.volumes.all(v, v.mountPath != '/tmp')",fieldPath=`.volumes`,message="a volume cannot be mounted at /tmp when scratch is set: scratch is /tmp"
+// +kubebuilder:validation:XValidation:rule="!has(self.scratch) || !self.?resources.?memory.hasValue() || !isQuantity(string(self.scratch.sizeLimit)) || !isQuantity(string(self.resources.memory)) || quantity(string(self.scratch.sizeLimit)).compareTo(quantity(string(self.resources.memory))) <= 0",fieldPath=`.scratch.sizeLimit`,message="scratch.sizeLimit must be at most resources.memory: /tmp is memory of the call"
+// +kubebuilder:validation:XValidation:rule="!has(self.volumes) || !self.?resources.?memory.hasValue() || !isQuantity(string(self.resources.memory)) || self.volumes.all(v, !has(v.emptyDir) || !isQuantity(string(v.emptyDir.sizeLimit)) || quantity(string(v.emptyDir.sizeLimit)).compareTo(quantity(string(self.resources.memory))) <= 0)",fieldPath=`.volumes`,message="an emptyDir's sizeLimit must be at most resources.memory: its contents are memory of the call"
 // +kubebuilder:validation:XValidation:rule="!oldSelf.?cancel.orValue(false) || self.?cancel.orValue(false)",fieldPath=`.cancel`,message="cancel cannot be set back to false once it is true"
 type FunctionCallSpec struct {
 	// Image is the container image reference to run, e.g.
@@ -177,6 +180,187 @@ type FunctionCallSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=10
 	Retries *int32 `json:"retries,omitempty"`
+
+	// Volumes are files and scratch directories mounted into the container,
+	// in the style of a Pod's: the keys of a ConfigMap or Secret of the
+	// call's namespace as read-only files, or an emptyDir (a tmpfs of a
+	// given size, counted against the memory limit). There is no hostPath.
+	// Mount paths are absolute and clean (no "." or ".." elements, no "//",
+	// no trailing "/"), unique, not nested in one another, and not over or
+	// under /proc, /sys or /dev.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:XValidation:rule="self.all(v, self.exists_one(w, w.mountPath == v.mountPath))",message="volumes: each mountPath may be used once"
+	// +kubebuilder:validation:XValidation:rule="self.all(a, self.all(b, !b.mountPath.startsWith(a.mountPath + '/')))",message="volumes: a mountPath may not lie under another volume's mountPath"
+	Volumes []Volume `json:"volumes,omitempty"`
+
+	// Scratch gives the process a writable /tmp of a bounded size: a tmpfs,
+	// counted against the memory limit. With
+	// securityContext.readOnlyRootFilesystem it is the easy secure choice:
+	// nothing but /tmp (and emptyDir volumes) is writable, and what is
+	// written there never touches the node's disk.
+	// +optional
+	Scratch *Scratch `json:"scratch,omitempty"`
+}
+
+// Volume is one volume of a call and where it is mounted. Exactly one
+// source (configMap, secret or emptyDir) must be set.
+// +kubebuilder:validation:XValidation:rule="[has(self.configMap), has(self.secret), has(self.emptyDir)].filter(x, x).size() == 1",message="a volume must set exactly one of configMap, secret or emptyDir"
+type Volume struct {
+	// Name of the volume: a DNS label, unique in the call.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	Name string `json:"name"`
+
+	// MountPath is where the volume appears in the container: an absolute,
+	// clean path, not over or under /proc, /sys or /dev.
+	// +required
+	// +kubebuilder:validation:MinLength=2
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('/')",message="mountPath must be an absolute path"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('(^|/)[.][.]?(/|$)')",message="mountPath must not contain . or .. elements"
+	// +kubebuilder:validation:XValidation:rule="!self.startsWith('/') || self.matches('^(/[^/]+)+$')",message="mountPath must not be /, end with / or contain //"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^/(proc|sys|dev)(/|$)')",message="mountPath must not be /proc, /sys or /dev, or under them"
+	MountPath string `json:"mountPath"`
+
+	// ConfigMap projects the keys of a ConfigMap of the call's namespace as
+	// read-only files.
+	// +optional
+	ConfigMap *ConfigMapVolumeSource `json:"configMap,omitempty"`
+
+	// Secret projects the keys of a Secret of the call's namespace as
+	// read-only files.
+	// +optional
+	Secret *SecretVolumeSource `json:"secret,omitempty"`
+
+	// EmptyDir is an empty, writable tmpfs (a Pod's emptyDir with medium
+	// Memory), removed with the container.
+	// +optional
+	EmptyDir *EmptyDirVolumeSource `json:"emptyDir,omitempty"`
+}
+
+// ConfigMapVolumeSource projects a ConfigMap's keys (data and binaryData)
+// as files, like a Pod's configMap volume.
+type ConfigMapVolumeSource struct {
+	// Name of the ConfigMap, in the call's namespace.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// Items selects keys and the relative paths they are written to. When
+	// empty every key becomes a file named after it.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:XValidation:rule="self.all(i, self.exists_one(j, j.path == i.path))",message="items: each path may be used once"
+	Items []KeyToPath `json:"items,omitempty"`
+
+	// DefaultMode is the permission bits of the files, 0644 when unset
+	// (in YAML, write octal as 0644; JSON needs the decimal 420).
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=511
+	DefaultMode *int32 `json:"defaultMode,omitempty"`
+
+	// Optional lets the call run when the ConfigMap or a key of Items is
+	// missing (the volume lacks those files). Otherwise the call ends
+	// InvalidSpec, naming what is missing.
+	// +optional
+	Optional *bool `json:"optional,omitempty"`
+}
+
+// SecretVolumeSource projects a Secret's keys as files, like a Pod's secret
+// volume.
+type SecretVolumeSource struct {
+	// SecretName is the name of the Secret, in the call's namespace.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	SecretName string `json:"secretName"`
+
+	// Items selects keys and the relative paths they are written to. When
+	// empty every key becomes a file named after it.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:XValidation:rule="self.all(i, self.exists_one(j, j.path == i.path))",message="items: each path may be used once"
+	Items []KeyToPath `json:"items,omitempty"`
+
+	// DefaultMode is the permission bits of the files, 0644 when unset.
+	// The files belong to the process's user and group, so 0400 or 0440
+	// work for a call that is not root.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=511
+	DefaultMode *int32 `json:"defaultMode,omitempty"`
+
+	// Optional lets the call run when the Secret or a key of Items is
+	// missing. Otherwise the call ends InvalidSpec, naming what is missing.
+	// +optional
+	Optional *bool `json:"optional,omitempty"`
+}
+
+// KeyToPath maps one key to a file of the volume.
+// +kubebuilder:validation:XValidation:rule="!self.path.startsWith('/')",message="items: path must be relative"
+// +kubebuilder:validation:XValidation:rule="!self.path.matches('(^|/)[.][.](/|$)')",message="items: path must not contain .. elements"
+type KeyToPath struct {
+	// Key of the ConfigMap or Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key"`
+
+	// Path of the file, relative to the mount path; may contain
+	// directories ("conf/app.yaml").
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Path string `json:"path"`
+
+	// Mode is the permission bits of this file; the volume's defaultMode
+	// when unset.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=511
+	Mode *int32 `json:"mode,omitempty"`
+}
+
+// EmptyDirVolumeSource is a tmpfs. What the process writes there is memory
+// charged to the call's memory limit, as for a Pod's emptyDir with medium
+// Memory: writing past SizeLimit fails with ENOSPC, and never reaches the
+// node's disk.
+type EmptyDirVolumeSource struct {
+	// SizeLimit is the size of the tmpfs. It must be at most
+	// resources.memory; all emptyDir and scratch sizes together must fit in
+	// the call's memory limit (checked by the node, against its default
+	// when resources.memory is unset). Write it in canonical form ("64Mi",
+	// not "67108864"): once the call is claimed, the spec's immutability
+	// compares it as written, and a client that writes the call back in
+	// canonical form would be refused.
+	// +required
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).compareTo(quantity('4Ki')) >= 0",message="sizeLimit must be at least 4Ki"
+	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).compareTo(quantity('64Gi')) <= 0",message="sizeLimit must be at most 64Gi"
+	SizeLimit resource.Quantity `json:"sizeLimit"`
+}
+
+// Scratch is a writable tmpfs at /tmp (Fn's TmpFsSize).
+type Scratch struct {
+	// SizeLimit is the size of /tmp, counted against the memory limit like
+	// an emptyDir's.
+	// +required
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).compareTo(quantity('4Ki')) >= 0",message="sizeLimit must be at least 4Ki"
+	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).compareTo(quantity('64Gi')) <= 0",message="sizeLimit must be at most 64Gi"
+	SizeLimit resource.Quantity `json:"sizeLimit"`
 }
 
 // EnvVar is one environment variable of the process.
@@ -252,6 +436,8 @@ type CallResources struct {
 	// Memory is the memory limit; swap is not allowed (memory+swap = memory).
 	// Exceeding it ends the call with reason OOMKilled. Between 4Mi and 64Gi.
 	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=64
 	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).compareTo(quantity('4Mi')) >= 0",message="memory must be at least 4Mi"
 	// +kubebuilder:validation:XValidation:rule="!isQuantity(string(self)) || quantity(string(self)).compareTo(quantity('64Gi')) <= 0",message="memory must be at most 64Gi"
 	Memory *resource.Quantity `json:"memory,omitempty"`
@@ -579,6 +765,11 @@ fails when a spec field has no rule here.
 // +kubebuilder:validation:XValidation:rule="oldSelf.?status.?nodeName.orValue('') == '' || has(self.spec.ttlSecondsAfterFinished) == has(oldSelf.spec.ttlSecondsAfterFinished) && (!has(self.spec.ttlSecondsAfterFinished) || self.spec.ttlSecondsAfterFinished == oldSelf.spec.ttlSecondsAfterFinished)",fieldPath=`.spec.ttlSecondsAfterFinished`,message="spec is immutable once the call is claimed by a node (only spec.cancel may change)"
 // +kubebuilder:validation:XValidation:rule="oldSelf.?status.?nodeName.orValue('') == '' || (has(self.spec.pool) ? self.spec.pool : '') == (has(oldSelf.spec.pool) ? oldSelf.spec.pool : '')",fieldPath=`.spec.pool`,message="spec is immutable once the call is claimed by a node (only spec.cancel may change)"
 // +kubebuilder:validation:XValidation:rule="oldSelf.?status.?nodeName.orValue('') == '' || has(self.spec.retries) == has(oldSelf.spec.retries) && (!has(self.spec.retries) || self.spec.retries == oldSelf.spec.retries)",fieldPath=`.spec.retries`,message="spec is immutable once the call is claimed by a node (only spec.cancel may change)"
+// +kubebuilder:validation:XValidation:rule="oldSelf.?status.?nodeName.orValue('') == '' || (has(self.spec.volumes) ? self.spec.volumes : []).map(v, [v.name, v.mountPath]) == (has(oldSelf.spec.volumes) ? oldSelf.spec.volumes : []).map(v, [v.name, v.mountPath])",fieldPath=`.spec.volumes`,message="spec is immutable once the call is claimed by a node (only spec.cancel may change)"
+// +kubebuilder:validation:XValidation:rule="oldSelf.?status.?nodeName.orValue('') == '' || (has(self.spec.volumes) ? self.spec.volumes : []).map(v, has(v.configMap) ? [v.configMap] : []) == (has(oldSelf.spec.volumes) ? oldSelf.spec.volumes : []).map(v, has(v.configMap) ? [v.configMap] : [])",fieldPath=`.spec.volumes`,message="spec is immutable once the call is claimed by a node (only spec.cancel may change)"
+// +kubebuilder:validation:XValidation:rule="oldSelf.?status.?nodeName.orValue('') == '' || (has(self.spec.volumes) ? self.spec.volumes : []).map(v, has(v.secret) ? [v.secret] : []) == (has(oldSelf.spec.volumes) ? oldSelf.spec.volumes : []).map(v, has(v.secret) ? [v.secret] : [])",fieldPath=`.spec.volumes`,message="spec is immutable once the call is claimed by a node (only spec.cancel may change)"
+// +kubebuilder:validation:XValidation:rule="oldSelf.?status.?nodeName.orValue('') == '' || (has(self.spec.volumes) ? self.spec.volumes : []).map(v, has(v.emptyDir) ? [v.emptyDir] : []) == (has(oldSelf.spec.volumes) ? oldSelf.spec.volumes : []).map(v, has(v.emptyDir) ? [v.emptyDir] : [])",fieldPath=`.spec.volumes`,message="spec is immutable once the call is claimed by a node (only spec.cancel may change)"
+// +kubebuilder:validation:XValidation:rule="oldSelf.?status.?nodeName.orValue('') == '' || has(self.spec.scratch) == has(oldSelf.spec.scratch) && (!has(self.spec.scratch) || quantity(string(self.spec.scratch.sizeLimit)) == quantity(string(oldSelf.spec.scratch.sizeLimit)))",fieldPath=`.spec.scratch`,message="spec is immutable once the call is claimed by a node (only spec.cancel may change)"
 
 // FunctionCall runs a container image to completion on one fnlet node and
 // reports its exit, output and resource use.

@@ -271,6 +271,32 @@ func testSamples(ctx context.Context, t *testing.T, c client.Client) {
 			t.Errorf("%s: %v", filepath.Base(p), err)
 		}
 	}
+	// The namespace samples hold calls among other objects: their calls
+	// must pass admission too.
+	paths, err = filepath.Glob(filepath.Join("..", "..", "config", "samples", "namespace_*.yaml"))
+	if err != nil || len(paths) == 0 {
+		t.Fatalf("no namespace samples found: %v", err)
+	}
+	for _, p := range paths {
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range strings.Split(string(raw), "\n---\n") {
+			u := &unstructured.Unstructured{}
+			if err := yaml.Unmarshal([]byte(doc+"\n"), &u.Object); err != nil {
+				t.Fatalf("%s: %v", p, err)
+			}
+			if u.GetKind() != "FunctionCall" {
+				continue
+			}
+			u.SetNamespace("default")
+			u.SetName("sample-" + u.GetName())
+			if err := c.Create(ctx, u); err != nil {
+				t.Errorf("%s: %v", filepath.Base(p), err)
+			}
+		}
+	}
 }
 
 func testCreate(ctx context.Context, t *testing.T, c client.Client) {
@@ -350,6 +376,80 @@ func testCreate(ctx context.Context, t *testing.T, c client.Client) {
 		"negative runAsUser":    {call: base().RunAs(-1, 0), wantErr: "spec.securityContext.runAsUser in body should be greater than or equal to 0"},
 		"negative ttl":          {call: base().TTLSecondsAfterFinished(-1), wantErr: "spec.ttlSecondsAfterFinished in body should be greater than or equal to 0"},
 		"too many pull secrets": {call: base().PullSecrets("1", "2", "3", "4", "5", "6", "7", "8", "9"), wantErr: "spec.imagePullSecrets: Too many"},
+
+		// Volumes and scratch.
+		"every kind of volume and scratch": {call: base().Memory("64Mi").ReadOnlyRootFilesystem().Scratch("16Mi").
+			ConfigMapVolume("cfg", "/etc/app", "app-config", utiltesting.Item("app.yaml", "conf/app.yaml", 0o444)).DefaultMode(0o640).
+			SecretVolume("creds", "/var/run/secrets/app", "app-creds").DefaultMode(0o400).OptionalVolume().
+			EmptyDir("work", "/work", "32Mi")},
+		"volume under /tmp with scratch": {call: base().Scratch("1Mi").EmptyDir("sub", "/tmp/sub", "1Mi")},
+		"emptyDir as large as memory":    {call: base().Memory("32Mi").EmptyDir("w", "/w", "32Mi")},
+		"relative mountPath": {call: base().EmptyDir("w", "work", "1Mi"),
+			wantErr: "mountPath must be an absolute path"},
+		"mountPath with ..": {call: base().EmptyDir("w", "/work/../etc", "1Mi"),
+			wantErr: "mountPath must not contain . or .. elements"},
+		"mountPath with .": {call: base().EmptyDir("w", "/./proc", "1Mi"),
+			wantErr: "mountPath must not contain . or .. elements"},
+		"mountPath /": {call: base().EmptyDir("w", "/", "1Mi"),
+			wantErr: "mountPath must not be /, end with / or contain //"},
+		"mountPath with //": {call: base().EmptyDir("w", "//proc", "1Mi"),
+			wantErr: "mountPath must not be /, end with / or contain //"},
+		"mountPath with a trailing /": {call: base().EmptyDir("w", "/work/", "1Mi"),
+			wantErr: "mountPath must not be /, end with / or contain //"},
+		"mountPath /proc": {call: base().EmptyDir("w", "/proc", "1Mi"),
+			wantErr: "mountPath must not be /proc, /sys or /dev, or under them"},
+		"mountPath under /sys": {call: base().EmptyDir("w", "/sys/fs/cgroup", "1Mi"),
+			wantErr: "mountPath must not be /proc, /sys or /dev, or under them"},
+		"mountPath under /dev": {call: base().SecretVolume("s", "/dev/shm", "sec"),
+			wantErr: "mountPath must not be /proc, /sys or /dev, or under them"},
+		"mountPath /devices is fine": {call: base().EmptyDir("w", "/devices", "1Mi")},
+		"duplicate mountPath": {call: base().EmptyDir("a", "/data", "1Mi").EmptyDir("b", "/data", "1Mi"),
+			wantErr: "volumes: each mountPath may be used once"},
+		"nested mountPath": {call: base().ConfigMapVolume("a", "/etc/app", "cm").EmptyDir("b", "/etc/app/cache", "1Mi"),
+			wantErr: "volumes: a mountPath may not lie under another volume's mountPath"},
+		"prefix that is not a parent": {call: base().EmptyDir("a", "/data", "1Mi").EmptyDir("b", "/database", "1Mi")},
+		"duplicate volume name": {call: base().EmptyDir("a", "/a", "1Mi").EmptyDir("a", "/b", "1Mi"),
+			wantErr: `spec.volumes[1]: Duplicate value: {"name":"a"}`},
+		"volume name not a DNS label": {call: base().EmptyDir("My_Vol", "/a", "1Mi"),
+			wantErr: "spec.volumes[0].name in body should match"},
+		"volume with two sources": {call: base().EmptyDir("a", "/a", "1Mi"), wantErr: "a volume must set exactly one of configMap, secret or emptyDir",
+			raw: func(t *testing.T, u *unstructured.Unstructured) {
+				vols, _, _ := unstructured.NestedSlice(u.Object, "spec", "volumes")
+				vols[0].(map[string]any)["secret"] = map[string]any{"secretName": "s"}
+				setField(t, u, vols, "spec", "volumes")
+			}},
+		"volume with no source": {call: base(), wantErr: "a volume must set exactly one of configMap, secret or emptyDir",
+			raw: func(t *testing.T, u *unstructured.Unstructured) {
+				setField(t, u, []any{map[string]any{"name": "a", "mountPath": "/a"}}, "spec", "volumes")
+			}},
+		// There is no hostPath: the field is pruned, and a volume without a
+		// source is refused.
+		"hostPath does not exist": {call: base(), wantErr: "a volume must set exactly one of configMap, secret or emptyDir",
+			raw: func(t *testing.T, u *unstructured.Unstructured) {
+				setField(t, u, []any{map[string]any{"name": "a", "mountPath": "/a", "hostPath": map[string]any{"path": "/"}}}, "spec", "volumes")
+			}},
+		"absolute item path": {call: base().SecretVolume("s", "/s", "sec", utiltesting.Item("k", "/etc/passwd")),
+			wantErr: "items: path must be relative"},
+		"item path with ..": {call: base().SecretVolume("s", "/s", "sec", utiltesting.Item("k", "a/../../x")),
+			wantErr: "items: path must not contain .. elements"},
+		"duplicate item path": {call: base().ConfigMapVolume("c", "/c", "cm", utiltesting.Item("a", "f"), utiltesting.Item("b", "f")),
+			wantErr: "items: each path may be used once"},
+		"item mode over 0777": {call: base().ConfigMapVolume("c", "/c", "cm", utiltesting.Item("a", "f", 0o1777)),
+			wantErr: "spec.volumes[0].configMap.items[0].mode in body should be less than or equal to 511"},
+		"defaultMode negative": {call: base().SecretVolume("s", "/s", "sec").DefaultMode(-1),
+			wantErr: "spec.volumes[0].secret.defaultMode in body should be greater than or equal to 0"},
+		"emptyDir without sizeLimit": {call: base(), wantErr: "spec.volumes[0].emptyDir.sizeLimit: Required value",
+			raw: func(t *testing.T, u *unstructured.Unstructured) {
+				setField(t, u, []any{map[string]any{"name": "a", "mountPath": "/a", "emptyDir": map[string]any{}}}, "spec", "volumes")
+			}},
+		"emptyDir of 0": {call: base().EmptyDir("a", "/a", "0"), wantErr: "sizeLimit must be at least 4Ki"},
+		"emptyDir over memory": {call: base().Memory("32Mi").EmptyDir("a", "/a", "33Mi"),
+			wantErr: "an emptyDir's sizeLimit must be at most resources.memory"},
+		"scratch over memory": {call: base().Memory("32Mi").Scratch("64Mi"),
+			wantErr: "scratch.sizeLimit must be at most resources.memory"},
+		"scratch too large": {call: base().Scratch("65Gi"), wantErr: "sizeLimit must be at most 64Gi"},
+		"volume at /tmp with scratch": {call: base().Scratch("1Mi").EmptyDir("t", "/tmp", "1Mi"),
+			wantErr: "a volume cannot be mounted at /tmp when scratch is set"},
 	}
 	i := 0
 	for name, tc := range cases {
@@ -452,6 +552,33 @@ func testUpdate(ctx context.Context, t *testing.T, c client.Client) {
 				fc.Labels = map[string]string{"a": "b"}
 			},
 		},
+		"volumes change after the claim": {
+			call: utiltesting.MakeFunctionCall("", "default").EmptyDir("w", "/w", "1Mi"), claimed: true,
+			change:  func(fc *fnletv1alpha1.FunctionCall) { fc.Spec.Volumes[0].MountPath = "/other" },
+			wantErr: "spec.volumes: Invalid value: " + immutableMsg,
+		},
+		"secret volume items change after the claim": {
+			call: utiltesting.MakeFunctionCall("", "default").SecretVolume("s", "/s", "sec", utiltesting.Item("a", "a")), claimed: true,
+			change:  func(fc *fnletv1alpha1.FunctionCall) { fc.Spec.Volumes[0].Secret.Items[0].Path = "b" },
+			wantErr: "spec.volumes: Invalid value: " + immutableMsg,
+		},
+		"emptyDir size change after the claim": {
+			call: utiltesting.MakeFunctionCall("", "default").EmptyDir("w", "/w", "1Mi"), claimed: true,
+			change: func(fc *fnletv1alpha1.FunctionCall) {
+				fc.Spec.Volumes[0].EmptyDir.SizeLimit.Add(fc.Spec.Volumes[0].EmptyDir.SizeLimit.DeepCopy())
+			},
+			wantErr: "spec.volumes: Invalid value: " + immutableMsg,
+		},
+		"scratch removed after the claim": {
+			call: utiltesting.MakeFunctionCall("", "default").Scratch("1Mi"), claimed: true,
+			change:  func(fc *fnletv1alpha1.FunctionCall) { fc.Spec.Scratch = nil },
+			wantErr: "spec.scratch: Invalid value: " + immutableMsg,
+		},
+		"cancel a call with volumes after the claim": {
+			call: utiltesting.MakeFunctionCall("", "default").Scratch("1Mi").EmptyDir("w", "/w", "1Mi").
+				ConfigMapVolume("c", "/c", "cm", utiltesting.Item("a", "a", 0o400)).DefaultMode(0o600), claimed: true,
+			change: func(fc *fnletv1alpha1.FunctionCall) { fc.Spec.Cancel = true },
+		},
 		"cancel true to false": {
 			call:    utiltesting.MakeFunctionCall("", "default").Cancel(),
 			change:  func(fc *fnletv1alpha1.FunctionCall) { fc.Spec.Cancel = false },
@@ -491,6 +618,11 @@ func testUpdate(ctx context.Context, t *testing.T, c client.Client) {
 		setField(t, u, []any{}, "spec", "command")
 		setField(t, u, "", "spec", "nodeName")
 		setField(t, u, []any{map[string]any{"name": "EMPTY", "value": ""}}, "spec", "env")
+		setField(t, u, map[string]any{"sizeLimit": "0.5Mi"}, "spec", "scratch")
+		// An emptyDir's sizeLimit is compared as written (a rule normalising
+		// quantities across the list costs more than the apiserver allows):
+		// written canonically here, as the type's comment asks.
+		setField(t, u, []any{map[string]any{"name": "w", "mountPath": "/w", "emptyDir": map[string]any{"sizeLimit": "1Mi"}}}, "spec", "volumes")
 		if err := c.Create(ctx, u); err != nil {
 			t.Fatal(err)
 		}

@@ -35,6 +35,11 @@ type Call struct {
 	Privileged bool
 	// OutputLimit caps stdout+stderr bytes; 0 uses the runtime default.
 	OutputLimit int64
+	// Volumes are mounted in order after ScratchBytes (see volume.go).
+	// Their files may hold a Secret's data: never log them.
+	Volumes []Volume
+	// ScratchBytes > 0 mounts a writable tmpfs of that size at /tmp.
+	ScratchBytes int64
 	// Pools are the pools (WarmSpec.Pool) whose pre-started containers
 	// RunWarm may give the call; none: any pool.
 	Pools []string

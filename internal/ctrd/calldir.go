@@ -39,6 +39,9 @@ import (
 //	output-limit    written before the runtime kills the call for its output.
 //	input-lost      FIFO mode: written before the runtime kills a recovered
 //	                call whose input was not confirmed complete.
+//	volumes/        the files of the call's configMap and secret volumes
+//	                (volume.go), written before each task create, removed
+//	                by Delete.
 //
 // prepare clears every marker, so a retried attempt starts clean.
 type callDir struct{ path string }

@@ -60,7 +60,7 @@ func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 	}
 	p := Policy{AllowHostNetwork: r.policy.AllowHostNetwork,
 		AllowPrivileged: r.policy.AllowPrivileged, OCIRuntime: r.runtime,
-		InitBinary: r.initBinary, ExitFile: r.dir(id).file(exitFile)}
+		InitBinary: r.initBinary, ExitFile: r.dir(id).file(exitFile), VolumeRoot: r.dir(id).volumeRoot()}
 	if call.PodNetwork && r.net != nil {
 		p.NetNS, p.ResolvConf = r.net.nsPath(id), r.net.resolvConf
 	}
@@ -83,7 +83,7 @@ func (r *Runtime) Run(ctx context.Context, call Call) (State, error) {
 	if !created {
 		return r.resume(ctx, h, call)
 	}
-	if err := r.startTask(ctx, h, call.Input, false); err != nil {
+	if err := r.startTask(ctx, h, call, false); err != nil {
 		return State{}, err
 	}
 	d := r.dir(id)
@@ -176,7 +176,7 @@ func (r *Runtime) resume(ctx context.Context, h *callHandle, call Call) (State, 
 		}
 		// Made by an earlier Run, which may have died in NewTask: containerd
 		// may still be creating or cleaning up that task.
-		if err := r.startTask(ctx, h, call.Input, true); err != nil {
+		if err := r.startTask(ctx, h, call, true); err != nil {
 			return State{}, err
 		}
 	} else if st, err := task.Status(ctx); err == nil && st.Status == client.Created {
@@ -187,11 +187,23 @@ func (r *Runtime) resume(ctx context.Context, h *callHandle, call Call) (State, 
 	return r.state(ctx, h)
 }
 
-// startTask prepares the call's directory, creates the task and starts it.
-func (r *Runtime) startTask(ctx context.Context, h *callHandle, input []byte, resumed bool) error {
-	cfg, err := r.dir(h.id).prepare(input, r.stdinMode, r.initBinary != "")
+// startTask prepares the call's directory (its IO and the files of its
+// volumes), creates the task and starts it.
+func (r *Runtime) startTask(ctx context.Context, h *callHandle, call Call, resumed bool) error {
+	input := call.Input
+	d := r.dir(h.id)
+	cfg, err := d.prepare(input, r.stdinMode, r.initBinary != "")
 	if err != nil {
 		return fmt.Errorf("run %s: %w", h.id, err)
+	}
+	if call.hasFiles() {
+		uid, gid, err := volumeOwner(ctx, h)
+		if err != nil {
+			return fmt.Errorf("run %s: %w", h.id, err)
+		}
+		if err := d.writeVolumes(call.Volumes, uid, gid); err != nil {
+			return fmt.Errorf("run %s: %w", h.id, err)
+		}
 	}
 	var stdin io.WriteCloser
 	if r.stdinMode == StdinFIFO && cfg.Stdin != "" {

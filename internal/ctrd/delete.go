@@ -37,7 +37,7 @@ func (r *Runtime) deleteContainer(ctx context.Context, id string) error {
 		}
 		r.dropHandle(id)
 		_ = d.removeInput()
-		return nil
+		return d.removeVolumes()
 	}
 	if err != nil {
 		return err
@@ -91,6 +91,9 @@ func (r *Runtime) deleteContainer(ctx context.Context, id string) error {
 	h.markExited()
 	r.dropHandle(id)
 	if err := d.removeInput(); err != nil {
+		return wrapErr(err, "delete %s", id)
+	}
+	if err := d.removeVolumes(); err != nil {
 		return wrapErr(err, "delete %s", id)
 	}
 	if h.warm != nil {

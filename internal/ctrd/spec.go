@@ -32,6 +32,8 @@ type Policy struct {
 	// ResolvConf (optional) its /etc/resolv.conf.
 	NetNS      string
 	ResolvConf string
+	// VolumeRoot is the host directory of the call's file volumes.
+	VolumeRoot string
 }
 
 // specOpts turns a call and its image config into OCI spec options, one
@@ -44,6 +46,9 @@ func specOpts(call Call, img ocispec.ImageConfig, p Policy) ([]oci.SpecOpts, err
 	}
 	if call.Privileged && !p.AllowPrivileged {
 		return nil, errdefs.ErrInvalidArgument.WithMessage("privileged calls are not allowed on this node (manager flag --allow-privileged)")
+	}
+	if err := checkVolumes(call); err != nil {
+		return nil, err
 	}
 	args, err := processArgs(img, call.Command, call.Args)
 	if err != nil {
@@ -64,6 +69,9 @@ func specOpts(call Call, img ocispec.ImageConfig, p Policy) ([]oci.SpecOpts, err
 	opts = append(opts, withResources(call)...)
 	if call.ReadOnlyRootfs {
 		opts = append(opts, oci.WithRootFSReadonly())
+	}
+	if call.hasMounts() {
+		opts = append(opts, withVolumes(call, p.VolumeRoot))
 	}
 	if call.HostNetwork {
 		opts = append(opts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostHostsFile, oci.WithHostResolvconf)

@@ -88,6 +88,7 @@ const (
 	MissProfile = "Profile" // user, read-only rootfs or network differ
 	MissLimits  = "Limits"  // the call's limits are outside every pool's class
 	MissEmpty   = "Empty"   // a pool fits, but none of its containers is ready
+	MissVolumes = "Volumes" // the call has volumes or scratch, which a pre-started container lacks
 )
 
 // warmProfile is a pre-started container's WarmSpec with what Prestart
@@ -316,6 +317,11 @@ func (r *Runtime) RunWarm(ctx context.Context, call Call) (st State, miss string
 	if id := r.containerOf(call.UID); r.handle(id) != nil || id != ContainerID(call.UID) {
 		st, err := r.Run(ctx, call)
 		return st, "", err
+	}
+	// A pre-started container's mounts were fixed when it was made: a call
+	// with volumes or scratch runs cold.
+	if call.hasMounts() {
+		return State{}, MissVolumes, nil
 	}
 	ref, err := NormalizeImageRef(call.Image)
 	if err != nil {

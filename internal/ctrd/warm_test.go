@@ -152,8 +152,9 @@ func assertNoWarmLeft(t testing.TB) {
 }
 
 // TestWarmMatching: a call uses a pre-started container only when it
-// shares its image, user, rootfs mode and network and its limits are
-// within the pool's; otherwise the miss says why and nothing is taken.
+// shares its image, user, rootfs mode and network, its limits are within
+// the pool's and it has no volumes or scratch (mounts are fixed when the
+// container is made); otherwise the miss says why and nothing is taken.
 func TestWarmMatching(t *testing.T) {
 	rt := newTestRuntime(t, "")
 	mustPrestart(t, rt, testPool())
@@ -172,6 +173,8 @@ func TestWarmMatching(t *testing.T) {
 		{"more memory", func(c *Call) { c.MemoryBytes = 256 << 20 }, MissLimits},
 		{"no memory limit", func(c *Call) { c.MemoryBytes = 0 }, MissLimits},
 		{"more pids", func(c *Call) { c.Pids = 100 }, MissLimits},
+		{"a volume", func(c *Call) { c.Volumes = []Volume{{Name: "w", MountPath: "/w", TmpfsBytes: 1 << 20}} }, MissVolumes},
+		{"scratch", func(c *Call) { c.ScratchBytes = 1 << 20 }, MissVolumes},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			call := warmCall(t, "-exit", "0")

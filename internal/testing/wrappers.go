@@ -443,6 +443,74 @@ func (w *FunctionCallWrapper) Pool(name string) *FunctionCallWrapper {
 	return w
 }
 
+// --- volumes ---
+
+// Item maps key to the file path of a configMap or secret volume, with the
+// file's mode when given.
+func Item(key, path string, mode ...int32) fnletv1alpha1.KeyToPath {
+	it := fnletv1alpha1.KeyToPath{Key: key, Path: path}
+	if len(mode) > 0 {
+		it.Mode = ptr.To(mode[0])
+	}
+	return it
+}
+
+// Volume appends a volume as given.
+func (w *FunctionCallWrapper) Volume(v fnletv1alpha1.Volume) *FunctionCallWrapper {
+	w.Spec.Volumes = append(w.Spec.Volumes, v)
+	return w
+}
+
+// ConfigMapVolume mounts ConfigMap cm at mountPath: the items given, else
+// every key.
+func (w *FunctionCallWrapper) ConfigMapVolume(name, mountPath, cm string, items ...fnletv1alpha1.KeyToPath) *FunctionCallWrapper {
+	return w.Volume(fnletv1alpha1.Volume{Name: name, MountPath: mountPath,
+		ConfigMap: &fnletv1alpha1.ConfigMapVolumeSource{Name: cm, Items: items}})
+}
+
+// SecretVolume mounts Secret secret at mountPath: the items given, else
+// every key.
+func (w *FunctionCallWrapper) SecretVolume(name, mountPath, secret string, items ...fnletv1alpha1.KeyToPath) *FunctionCallWrapper {
+	return w.Volume(fnletv1alpha1.Volume{Name: name, MountPath: mountPath,
+		Secret: &fnletv1alpha1.SecretVolumeSource{SecretName: secret, Items: items}})
+}
+
+// EmptyDir mounts a tmpfs of size (a quantity) at mountPath.
+func (w *FunctionCallWrapper) EmptyDir(name, mountPath, size string) *FunctionCallWrapper {
+	return w.Volume(fnletv1alpha1.Volume{Name: name, MountPath: mountPath,
+		EmptyDir: &fnletv1alpha1.EmptyDirVolumeSource{SizeLimit: resource.MustParse(size)}})
+}
+
+// DefaultMode sets defaultMode of the last configMap or secret volume.
+func (w *FunctionCallWrapper) DefaultMode(mode int32) *FunctionCallWrapper {
+	v := &w.Spec.Volumes[len(w.Spec.Volumes)-1]
+	switch {
+	case v.ConfigMap != nil:
+		v.ConfigMap.DefaultMode = ptr.To(mode)
+	case v.Secret != nil:
+		v.Secret.DefaultMode = ptr.To(mode)
+	}
+	return w
+}
+
+// OptionalVolume marks the last configMap or secret volume optional.
+func (w *FunctionCallWrapper) OptionalVolume() *FunctionCallWrapper {
+	v := &w.Spec.Volumes[len(w.Spec.Volumes)-1]
+	switch {
+	case v.ConfigMap != nil:
+		v.ConfigMap.Optional = ptr.To(true)
+	case v.Secret != nil:
+		v.Secret.Optional = ptr.To(true)
+	}
+	return w
+}
+
+// Scratch gives the call a writable /tmp of size (a quantity).
+func (w *FunctionCallWrapper) Scratch(size string) *FunctionCallWrapper {
+	w.Spec.Scratch = &fnletv1alpha1.Scratch{SizeLimit: resource.MustParse(size)}
+	return w
+}
+
 // FunctionPoolWrapper builds FunctionPools fluently.
 type FunctionPoolWrapper struct{ fnletv1alpha1.FunctionPool }
 

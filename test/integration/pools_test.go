@@ -65,8 +65,8 @@ func waitPool(t *testing.T, key types.NamespacedName, node, what string, cond fu
 }
 
 // TestWarmPool: a FunctionPool keeps its containers ready on the node; a
-// call that fits runs in one (status.pool) and one that does not runs
-// cold; the pool refills; a restarted manager adopts the ready ones; a
+// call that fits runs in one (status.pool) and one that does not (limits,
+// volumes) runs cold; the pool refills; a restarted manager adopts the ready ones; a
 // deleted pool leaves nothing behind.
 func TestWarmPool(t *testing.T) {
 	requireEnv(t)
@@ -106,9 +106,16 @@ func TestWarmPool(t *testing.T) {
 	if big.Status.Pool != "" || big.Status.ContainerID != ctrd.ContainerID(string(big.UID)) {
 		t.Errorf("a call over the pool's class ran in %s (pool %q), want its own container", big.Status.ContainerID, big.Status.Pool)
 	}
-	// The pool refills, and its entry counts the hit and the miss.
-	e := waitPool(t, key, node, "refilled with 1 hit and 1 miss", func(e fnletv1.PoolNodeStatus) bool {
-		return e.Ready == 2 && e.Hits == 1 && e.Misses == 1
+	// So does one with a volume: a pre-started container's mounts were
+	// fixed when it was made (miss reason Volumes).
+	vol := waitFinished(t, create(t, call("with-volume", ns, node).Pool("warm").EmptyDir("work", "/work", "1Mi").Args("-exit", "0").Obj()), 60*time.Second)
+	expectOutcome(t, vol, fnletv1.PhaseSucceeded, fnletv1.ReasonCompleted, i32(0))
+	if vol.Status.Pool != "" || vol.Status.ContainerID != ctrd.ContainerID(string(vol.UID)) {
+		t.Errorf("a call with a volume ran in %s (pool %q), want its own container", vol.Status.ContainerID, vol.Status.Pool)
+	}
+	// The pool refills, and its entry counts the hit and the misses.
+	e := waitPool(t, key, node, "refilled with 1 hit and 2 misses", func(e fnletv1.PoolNodeStatus) bool {
+		return e.Ready == 2 && e.Hits == 1 && e.Misses == 2
 	})
 	if e.UpdatedAt == nil {
 		t.Errorf("entry without updatedAt: %+v", e)
