@@ -151,11 +151,26 @@ func (d *NodeLossDetector) takeOver(ctx context.Context, n Node, now time.Time) 
 	return left, nil
 }
 
+// lostAttempts is the call's attempt count once its node is lost, the
+// lost node's attempt included. A node starts an attempt before it
+// records it (the Running write is deferred, so short calls cost one
+// write), so the status counts the attempt under way only when it says
+// Running with no failed attempt waiting for a retry; otherwise the node
+// may have started one more than the status shows, and it counts.
+// Counting one that never started costs a retry; missing one that did
+// would run the call more often than its retries allow.
+func lostAttempts(fc *fnletv1.FunctionCall) int32 {
+	if fc.Status.Phase == fnletv1.PhaseRunning && !meta.IsStatusConditionTrue(fc.Status.Conditions, conditionRetrying) {
+		return max(fc.Status.Attempts, 1)
+	}
+	return fc.Status.Attempts + 1
+}
+
 func (d *NodeLossDetector) takeOverCall(ctx context.Context, fc *fnletv1.FunctionCall, n Node, now time.Time) error {
 	r := d.Calls
 	if !fc.IsFinished() {
 		since := n.ExpiresAt.UTC().Format(time.RFC3339)
-		attempts := max(fc.Status.Attempts, 1)
+		attempts := lostAttempts(fc)
 		retries := int32(0)
 		if fc.Spec.Retries != nil {
 			retries = *fc.Spec.Retries

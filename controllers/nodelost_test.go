@@ -8,10 +8,12 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	utiltesting "github.com/fnlet/fnlet/internal/testing"
 )
 
 // healthyLease is this node's Lease, renewed without a miss for an hour.
@@ -23,9 +25,10 @@ func healthyLease(h *harness) *NodeLease {
 // acts for that node.
 func TestUnitNodeLossTakeOver(t *testing.T) {
 	lost := Node{Name: otherNode, ExpiresAt: t0.Add(-10 * time.Second)}
-	onLost := func(name string) *fnletv1.FunctionCall {
-		return newCall(name).Finalizers(Finalizer).ClaimedBy(otherNode).Obj()
+	onLostW := func(name string) *utiltesting.FunctionCallWrapper {
+		return newCall(name).Finalizers(Finalizer).ClaimedBy(otherNode)
 	}
+	onLost := func(name string) *fnletv1.FunctionCall { return onLostW(name).Obj() }
 	type want struct {
 		phase      fnletv1.CallPhase
 		reason     fnletv1.CallReason
@@ -53,6 +56,17 @@ func TestUnitNodeLossTakeOver(t *testing.T) {
 		"claimed, not started yet, no retries: the attempt counts": {
 			call: onLost("a"),
 			want: want{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonNodeLost, node: otherNode, attempts: 1, finished: true},
+		},
+		// The Running write is deferred: a node killed before it had
+		// started an attempt the status does not show yet.
+		"requeued once, claimed again and lost before its Running write: that attempt counts too": {
+			call: onLostW("a").Attempts(1).Retries(1).Obj(),
+			want: want{phase: fnletv1.PhaseFailed, reason: fnletv1.ReasonNodeLost, node: otherNode, attempts: 2, finished: true},
+		},
+		"a retry under way after a failed attempt: the retry counts": {
+			call: newCall("a").Finalizers(Finalizer).ClaimedBy(otherNode).Running().Retries(2).
+				Condition(metav1.Condition{Type: conditionRetrying, Status: metav1.ConditionTrue, Reason: "RuntimeError"}).Obj(),
+			want: want{phase: fnletv1.PhasePending, attempts: 2, claimed: "False/NodeLost", message: "attempt 2 counted"},
 		},
 		"past its deadline: TimedOut, even with retries left": {
 			call: newCall("a").Now(t0.Add(-time.Hour)).Finalizers(Finalizer).ClaimedBy(otherNode).Running().Retries(3).Obj(),

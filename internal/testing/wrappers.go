@@ -349,6 +349,13 @@ func (w *FunctionCallWrapper) Running() *FunctionCallWrapper {
 	return w.condition(fnletv1alpha1.ConditionStarted, metav1.ConditionTrue, "Started", "the process started")
 }
 
+// Attempts sets status.attempts, as a takeover or a failed attempt
+// recorded it.
+func (w *FunctionCallWrapper) Attempts(n int32) *FunctionCallWrapper {
+	w.Status.Attempts = n
+	return w
+}
+
 // Succeeded records an exit with code 0: phase Succeeded, reason Completed.
 func (w *FunctionCallWrapper) Succeeded() *FunctionCallWrapper {
 	w.Status.ExitCode = ptr.To[int32](0)
