@@ -9,16 +9,25 @@ import (
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 	"github.com/fnlet/fnlet/internal/testenv/calls"
+	utiltesting "github.com/fnlet/fnlet/internal/testing"
 )
 
 // mixedCall submits a call of the given length and exit code whose stdout
 // and stderr are unique to it, and returns what its status must say.
 func mixedCall(t *testing.T, ns, node, name string, sleep time.Duration, exit int32, extra ...string) calls.Outcome {
 	t.Helper()
+	return mixedCallOf(t, calls.Local(name, ns, node), sleep, exit, extra...)
+}
+
+// mixedCallOf is mixedCall for a call built by w (its name and namespace
+// already set), for rows that need more of the spec.
+func mixedCallOf(t *testing.T, w *utiltesting.FunctionCallWrapper, sleep time.Duration, exit int32, extra ...string) calls.Outcome {
+	t.Helper()
+	ns, name := w.Namespace, w.Name
 	token := fmt.Sprintf("%s-%s-%08x", ns, name, rand.Uint32())
 	args := append([]string{"-stdout-text", "out " + token, "-stderr-text", "err " + token,
 		"-sleep", sleep.String(), "-exit", fmt.Sprint(exit)}, extra...)
-	create(t, calls.Local(name, ns, node).Args(args...).Obj())
+	create(t, w.Args(args...).Obj())
 	stdout, stderr := "out "+token+"\n", "err "+token+"\n"
 	o := calls.Outcome{Phase: fnletv1.PhaseSucceeded, Reason: fnletv1.ReasonCompleted, Exit: ptr(exit),
 		Stdout: &stdout, Stderr: &stderr, Log: &stdout}
