@@ -113,7 +113,20 @@ func WithPodNetworkPool(n int) Opt {
 }
 
 // fill keeps the pool at poolSize until ctx ends, then tears it down.
+//
+// A refill is background work that starts just as a call takes an entry,
+// so it competes with that call's own start: its plugins (each an exec,
+// the bridge's iptables several more) run at the lowest CPU priority.
+// Nice is per thread on Linux and a child inherits its forking thread's:
+// fill locks its goroutine to a thread, lowers that thread, and never
+// unlocks it (the thread ends with the goroutine, so no other goroutine
+// runs niced). attach is serial here for the same reason: go-cni's
+// parallel setup would exec from other threads.
 func (n *podNetwork) fill(ctx context.Context) {
+	runtime.LockOSThread()
+	if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19); err != nil {
+		log.G(ctx).WithError(err).Warn("fnlet: pod network pool: lower the refill's CPU priority")
+	}
 	defer func() {
 		n.mu.Lock()
 		ready := n.ready
@@ -144,7 +157,7 @@ func (n *podNetwork) fill(ctx context.Context) {
 		n.own[e] = true
 		n.mu.Unlock()
 		if err := n.want(e); err == nil {
-			err = n.attach(ctx, e)
+			err = n.attach(ctx, e, n.cni.SetupSerially)
 			n.made(e) // own protects it from now on
 			if err == nil {
 				n.mu.Lock()
@@ -224,11 +237,15 @@ func (n *podNetwork) ensure(ctx context.Context, id string) error {
 	if n.poolSize > 0 && n.take(id) {
 		return nil
 	}
-	return n.attach(ctx, id)
+	return n.attach(ctx, id, n.cni.Setup)
 }
 
-// attach makes id's namespace and adds it to the network under CNI ID id.
-func (n *podNetwork) attach(ctx context.Context, id string) error {
+// setupFunc is go-cni's Setup or SetupSerially.
+type setupFunc func(ctx context.Context, id, path string, opts ...gocni.NamespaceOpts) (*gocni.Result, error)
+
+// attach makes id's namespace and adds it to the network under CNI ID id
+// with setup.
+func (n *podNetwork) attach(ctx context.Context, id string, setup setupFunc) error {
 	path := n.nsPath(id)
 	if _, err := os.Stat(path); err == nil {
 		// A setup cut short: undo what it did before doing it again.
@@ -242,7 +259,7 @@ func (n *podNetwork) attach(ctx context.Context, id string) error {
 	if err := pinNetNS(path); err != nil {
 		return fmt.Errorf("network namespace %s: %w", path, err)
 	}
-	res, err := n.cni.Setup(ctx, id, path)
+	res, err := setup(ctx, id, path)
 	if err != nil {
 		return fmt.Errorf("CNI ADD %s: %w", id, err)
 	}
