@@ -78,12 +78,12 @@ host_state_restore() {
 	done <"$dir/sysctl.conf"
 	for table in filter nat; do
 		# Rules jumping to Docker's chains first, then the chains.
-		iptables -t "$table" -S 2>/dev/null | grep -E '^-A .*-j DOCKER' | while read -r line; do
+		{ iptables -t "$table" -S 2>/dev/null || true; } | { grep -E '^-A .*-j DOCKER' || true; } | while read -r line; do
 			grep -qxF -- "$line" "$dir/iptables-$table.rules" && continue
 			# shellcheck disable=SC2086 # a rule is words
 			iptables -t "$table" ${line/-A/-D} && log "removed iptables -t $table rule: $line"
 		done
-		iptables -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^DOCKER/ { print $2 }' | while read -r chain; do
+		{ iptables -t "$table" -S 2>/dev/null || true; } | awk '$1 == "-N" && $2 ~ /^DOCKER/ { print $2 }' | while read -r chain; do
 			grep -qx -- "-N $chain" "$dir/iptables-$table.rules" && continue
 			iptables -t "$table" -F "$chain" && iptables -t "$table" -X "$chain" && log "removed iptables -t $table chain $chain"
 		done

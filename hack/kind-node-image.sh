@@ -356,14 +356,14 @@ node_key() {
 	kmod=$(kind_module_dir)
 	{
 		echo "$K8S_VERSION $KIND_VERSION $COREDNS_VERSION $LOCAL_PATH_VERSION $DEBIAN_SUITE $BASE_PACKAGES $POD_CIDR_KIND"
-		sha256sum "$0" "$FNLET_ROOT/hack/cluster/pause/"*.go
+		sha256sum "$FNLET_ROOT/hack/kind-node-image.sh" "$FNLET_ROOT/hack/cluster/pause/"*.go
 		(cd "$kmod" && find images/base/files pkg/build/nodeimage -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
 		sha256sum "$K8S_BIN"/{kubeadm,kubelet,kubectl,kube-apiserver,kube-controller-manager,kube-scheduler,kube-proxy} \
 			"$ETCD_BIN/etcd" "$CONTAINERD_BIN"/{containerd,containerd-shim-runc-v2,ctr} "$CRICTL_BIN/crictl" \
 			"$ADDONS/coredns-$COREDNS_VERSION/coredns" "$ADDONS/local-path-provisioner-$LOCAL_PATH_VERSION/local-path-provisioner" \
 			"$ADDONS/pause/pause" /bin/busybox
 		basename "$rootfs_tar"
-	} | sha256sum | cut -c1-12
+	} | sed "s|$FNLET_ROOT/||" | sha256sum | cut -c1-12
 }
 
 main() {
@@ -382,7 +382,8 @@ main() {
 	step go-builds build_tools
 	step base-rootfs base_rootfs
 	local key ref
-	base_key=$( (echo "$BASE_PACKAGES"; sha256sum "$0"; basename "$rootfs_tar") | sha256sum | cut -c1-12)
+	# Keys hash contents, never paths: the script runs as hack/… or /…/hack/….
+	base_key=$( (echo "$BASE_PACKAGES"; sha256sum <"$FNLET_ROOT/hack/kind-node-image.sh"; basename "$rootfs_tar") | sha256sum | cut -c1-12)
 	key=$(node_key)
 	ref=$NODE_REPO:$K8S_VERSION-$key
 	if docker image inspect "$ref" >/dev/null 2>&1; then
