@@ -41,6 +41,7 @@ timings=()
 created=false
 started_docker=false
 saved_host=false
+manager_tar=
 
 k() { "$KUBECTL" --kubeconfig "$KIND_RUN/kubeconfig" "$@"; }
 
@@ -154,13 +155,18 @@ cluster_up() {
 	cluster_reused=$reused
 }
 
-load_images() {
-	local node nodes manager_tar
+# build_images: the manager and test image tarballs (OCI, Go tooling
+# only). Sets manager_tar.
+build_images() {
 	manager_tar=$("$FNLET_ROOT/hack/build-manager-image.sh" | tail -1)
 	"$FNLET_ROOT/hack/build-images.sh" --build-only >/dev/null
 	if [ ! -s "$manager_tar" ] || [ ! -s "$TESTFN_TAR" ]; then
 		die "image tarballs missing: $manager_tar $TESTFN_TAR"
 	fi
+}
+
+load_images() {
+	local node nodes
 	"$KIND" load image-archive "$manager_tar" --name "$CLUSTER"
 	"$KIND" load image-archive "$TESTFN_TAR" --name "$CLUSTER"
 	# The calls run in fnlet's own containerd namespace, which kind does
@@ -244,6 +250,7 @@ main() {
 	timed node-image node_image
 	timed cluster-up cluster_up
 	log "cluster $CLUSTER up (reused: $cluster_reused, node image: ${node_image:-the kind default})"
+	timed image-build build_images
 	timed image-load load_images
 	timed deploy deploy
 

@@ -111,6 +111,7 @@ base_rootfs() {
 	rootfs_tar=$out
 	[ -s "$out" ] && return 0
 	command -v debootstrap >/dev/null || {
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
 	}
 	mkdir -p "$NODE_CACHE"
