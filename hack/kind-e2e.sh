@@ -245,12 +245,13 @@ main() {
 	host_state_save "$HOST_STATE_DIR"
 	saved_host=true
 
+	# Images first: a build failure should not cost a cluster.
+	timed image-build build_images
 	timed docker-up docker_up
 	ensure_kind
 	timed node-image node_image
 	timed cluster-up cluster_up
 	log "cluster $CLUSTER up (reused: $cluster_reused, node image: ${node_image:-the kind default})"
-	timed image-build build_images
 	timed image-load load_images
 	timed deploy deploy
 
