@@ -97,11 +97,13 @@ demo-down: ## Stop what `make demo` started.
 
 ##@ E2E
 
-.PHONY: e2e kind-e2e
+.PHONY: e2e kind-e2e kind-node-image
 e2e: ## Local single-node cluster, fnlet as a DaemonSet (kubectl apply -k), test/e2e through kubectl; FNLET_KEEP_CLUSTER=1 keeps it up.
 	hack/e2e.sh
-kind-e2e: ## The same test/e2e suite on a kind cluster (needs Docker and kind; cannot run on the CI machines).
+kind-e2e: ## The same test/e2e suite on a kind cluster: Docker (Debian's, started by hand if none runs), kind's default node image or KIND_NODE_IMAGE=local (built offline); stops what it started.
 	hack/kind-e2e.sh
+kind-node-image: ## Build kind's node image for our Kubernetes version offline, from the project's own builds (needs hack/docker-up.sh).
+	hack/kind-node-image.sh
 
 ##@ Bench
 

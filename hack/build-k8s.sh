@@ -7,10 +7,12 @@
 # and an envtest assets dir ($FNLET_CACHE/envtest-$K8S_VERSION) with symlinks
 # kube-apiserver, etcd and kubectl.
 #
-# Usage: hack/build-k8s.sh [--apiserver-only] [--print-assets]
+# Usage: hack/build-k8s.sh [--apiserver-only] [--kubeadm] [--print-assets]
 #   --apiserver-only  build only etcd + kube-apiserver (what envtest needs and
 #                     control-plane-up.sh runs);
 #                     5-11 min cold instead of 7-20 min for everything.
+#   --kubeadm         also build kubeadm (kind's node image runs it; our
+#                     own cluster does not, so it is not built by default)
 #   --print-assets    print the envtest assets dir as the last stdout line:
 #                     KUBEBUILDER_ASSETS=$(hack/build-k8s.sh --apiserver-only --print-assets)
 #
@@ -23,10 +25,12 @@ set -euo pipefail
 . "$(dirname "$0")/k8s-lib.sh"
 
 apiserver_only=false
+with_kubeadm=false
 print_assets=false
 for arg in "$@"; do
 	case "$arg" in
 	--apiserver-only) apiserver_only=true ;;
+	--kubeadm) with_kubeadm=true ;;
 	--print-assets) print_assets=true ;;
 	-h | --help)
 		awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
@@ -42,6 +46,9 @@ ENVTEST_ASSETS=$FNLET_CACHE/envtest-$K8S_VERSION
 # kubectl too: a client of the same version as the server, independent of
 # whatever kubectl the machine happens to have.
 K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+# Pinned in the build module even when not built, so --kubeadm later needs
+# no new go mod tidy.
+MODULE_CMDS=("${K8S_CMDS[@]}" kubeadm)
 
 # Staging modules are published as v0.<minor>.<patch> for k8s v1.<minor>.<patch>.
 k8s_semver=${K8S_VERSION#v}
@@ -96,7 +103,7 @@ EOF
 # leaves out their dependencies ("missing go.sum entry").
 make_k8s_module() {
 	local c complete=true
-	for c in "${K8S_CMDS[@]}"; do
+	for c in "${MODULE_CMDS[@]}"; do
 		grep -q "\"k8s.io/kubernetes/cmd/$c\"" "$K8S_BUILD/tools.go" 2>/dev/null || complete=false
 	done
 	[ -f "$K8S_BUILD/go.sum" ] && $complete && return 0
@@ -113,7 +120,7 @@ make_k8s_module() {
 	grep -q '=> k8s.io/api ' "$K8S_BUILD/go.mod" || die "no staging replaces found in $upstream"
 	{
 		printf '//go:build tools\n\n// Package k8sbuild only pins the Kubernetes commands we build.\npackage k8sbuild\n\nimport (\n'
-		for c in "${K8S_CMDS[@]}"; do
+		for c in "${MODULE_CMDS[@]}"; do
 			printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"
 		done
 		printf ')\n'
@@ -200,6 +207,8 @@ main() {
 	# mostly links from the warm build cache.
 	if $apiserver_only; then
 		build_k8s kube-apiserver
+	elif $with_kubeadm; then
+		build_k8s "${K8S_CMDS[@]}" kubeadm
 	else
 		build_k8s "${K8S_CMDS[@]}"
 	fi
