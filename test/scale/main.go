@@ -69,7 +69,7 @@ func main() {
 	var nodes, protocols string
 	var verbose bool
 	flag.StringVar(&nodes, "nodes", "1,10,100,500", "Comma-separated numbers of hollow managers, one run each per protocol.")
-	flag.StringVar(&protocols, "protocols", "old,new", "Claim protocols: old (--claim-stagger -1: every fitting node races) and/or new (ranked, staggered).")
+	flag.StringVar(&protocols, "protocols", "old,new", "Claim protocols: old (--claim-stagger -1 --dispatchers 0: every fitting node races), stagger (--dispatchers 0: every node watches every unassigned call, ranked and staggered) and/or new (the default: offers by 3 dispatchers).")
 	flag.Float64Var(&c.rate, "rate", 20, "Calls created per second.")
 	flag.DurationVar(&c.duration, "duration", 45*time.Second, "How long the generator creates calls in each run.")
 	flag.DurationVar(&c.mean, "mean-run", 200*time.Millisecond, "Mean run time of a call (exponential).")
@@ -90,8 +90,8 @@ func main() {
 		c.nodes = append(c.nodes, n)
 	}
 	for _, p := range strings.Split(protocols, ",") {
-		if p = strings.TrimSpace(p); p != "old" && p != "new" {
-			fatalf("--protocols: %q is neither old nor new", p)
+		if p = strings.TrimSpace(p); p != "old" && p != "stagger" && p != "new" {
+			fatalf("--protocols: %q is not old, stagger or new", p)
 		}
 		c.protocols = append(c.protocols, strings.TrimSpace(p))
 	}
@@ -162,6 +162,7 @@ type row struct {
 	rate                      float64
 	created                   int
 	claimWrites, conflicts    float64 // per call
+	offerWrites               float64 // per call
 	watchEvents               float64 // per call, all unassigned informers
 	p50, p99                  time.Duration
 	apiCPU, etcdCPU, selfCPU  time.Duration // per call
@@ -223,8 +224,12 @@ func runOne(ctx context.Context, root string, c config, n int, protocol string) 
 	r.leaseRenew = leaseRenew
 	st := newStats()
 	stagger := time.Duration(0) // controllers.DefaultClaimStagger
-	if protocol == "old" {
-		stagger = -1
+	dispatchers := controllers.DefaultDispatchers
+	switch protocol {
+	case "old":
+		stagger, dispatchers = -1, 0
+	case "stagger":
+		dispatchers = 0
 	}
 
 	// The hollow nodes: a Node object each (labels for the Lease), then the
@@ -240,7 +245,7 @@ func runOne(ctx context.Context, root string, c config, n int, protocol string) 
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			h, err := startHollow(setupCtx, admin, base, st, c, i, stagger, leaseDuration, leaseRenew, grace)
+			h, err := startHollow(setupCtx, admin, base, st, c, i, stagger, dispatchers, leaseDuration, leaseRenew, grace)
 			if err != nil {
 				errs <- err
 				return
@@ -347,7 +352,7 @@ func runOne(ctx context.Context, root string, c config, n int, protocol string) 
 	return r, nil
 }
 
-func startHollow(ctx context.Context, admin client.Client, base *rest.Config, st *stats, c config, i int, stagger, leaseDuration, leaseRenew, grace time.Duration) (*hollow, error) {
+func startHollow(ctx context.Context, admin client.Client, base *rest.Config, st *stats, c config, i int, stagger time.Duration, dispatchers int, leaseDuration, leaseRenew, grace time.Duration) (*hollow, error) {
 	h := &hollow{name: fmt.Sprintf("hollow-%03d", i), done: make(chan struct{})}
 	zone := fmt.Sprintf("zone-%d", i%3)
 	if err := admin.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: h.name,
@@ -376,7 +381,7 @@ func startHollow(ctx context.Context, admin client.Client, base *rest.Config, st
 		Limits:             controllers.Limits{DefaultMemoryBytes: 256 << 20, MaxMemoryBytes: 8 << 30, DefaultPids: 1024},
 		DefaultTimeout:     5 * time.Minute, MaxTimeout: time.Hour, KillGrace: 10 * time.Second,
 		LeaseNamespace: kubeapi.ManagerNamespace, LeaseDuration: leaseDuration, LeaseRenew: leaseRenew,
-		NodeLostGrace: grace, ClaimStagger: stagger,
+		NodeLostGrace: grace, ClaimStagger: stagger, Dispatchers: dispatchers,
 	})
 	if err != nil {
 		cancel()
@@ -389,6 +394,9 @@ func startHollow(ctx context.Context, admin client.Client, base *rest.Config, st
 		return nil, err
 	}
 	count := func() { st.watchEvents.Add(1) }
+	if n.Dispatch != nil {
+		n.Dispatch.OnEvent = count
+	}
 	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { count() }, UpdateFunc: func(any, any) { count() }, DeleteFunc: func(any) { count() },
 	}); err != nil {
@@ -495,7 +503,7 @@ func (t *countingTransport) RoundTrip(req *http.Request) (*http.Response, error)
 }
 
 type stats struct {
-	watchEvents, conflicts, callWrites, claimWrites atomic.Int64
+	watchEvents, conflicts, callWrites, claimWrites, offerWrites atomic.Int64
 
 	mu        sync.Mutex
 	createdAt map[string]time.Time // call name → just before its create
@@ -522,6 +530,7 @@ func (s *stats) reset() {
 	s.conflicts.Store(0)
 	s.callWrites.Store(0)
 	s.claimWrites.Store(0)
+	s.offerWrites.Store(0)
 	s.createdAt, s.claimedIn, s.claims = map[string]time.Time{}, map[string]time.Duration{}, map[string]int{}
 	s.finished, s.runs, s.takeovers, s.killed = map[string]bool{}, map[string][]string{}, map[string]time.Time{}, map[string]bool{}
 }
@@ -602,6 +611,14 @@ func (s *stats) newClient(node string) client.NewClientFunc {
 			return nil, err
 		}
 		return interceptor.NewClient(c, interceptor.Funcs{
+			Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+				if _, ok := obj.(*fnletv1.FunctionCall); ok {
+					if data, err := patch.Data(obj); err == nil && strings.Contains(string(data), controllers.OfferLabel) {
+						s.offerWrites.Add(1)
+					}
+				}
+				return c.Patch(ctx, obj, patch, opts...)
+			},
 			SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, obj client.Object, opts ...client.SubResourceUpdateOption) error {
 				fc, ok := obj.(*fnletv1.FunctionCall)
 				if !ok || sub != "status" {
@@ -650,6 +667,7 @@ func (s *stats) fill(r *row, created int) {
 	defer s.mu.Unlock()
 	per := func(v int64) float64 { return float64(v) / float64(max(created, 1)) }
 	r.claimWrites, r.conflicts, r.watchEvents = per(s.claimWrites.Load()), per(s.conflicts.Load()), per(s.watchEvents.Load())
+	r.offerWrites = per(s.offerWrites.Load())
 	lat := make([]time.Duration, 0, len(s.claimedIn))
 	for _, d := range s.claimedIn {
 		lat = append(lat, d)
@@ -690,7 +708,7 @@ func (s *stats) fill(r *row, created int) {
 
 func printTable(w io.Writer, rows []row) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "protocol\tN\trate/s\tcalls\tclaim writes/call\t409s/call\twatch events/call\tclaim p50\tclaim p99\tapiserver CPU/call\tetcd CPU/call\tharness CPU/call\tcalls/node max\tmean\tmax/mean\tkilled\tNodeLost after (first-last)\ttaken over\tlive taken over\tlost\tdup\tdup after NodeLost\tlease renew\tRSS MiB\t")
+	fmt.Fprintln(tw, "protocol\tN\trate/s\tcalls\tclaim writes/call\toffer writes/call\t409s/call\twatch events/call\tclaim p50\tclaim p99\tapiserver CPU/call\tetcd CPU/call\tharness CPU/call\tcalls/node max\tmean\tmax/mean\tkilled\tNodeLost after (first-last)\ttaken over\tlive taken over\tlost\tdup\tdup after NodeLost\tlease renew\tRSS MiB\t")
 	for _, r := range rows {
 		ratio := 0.0
 		if r.meanPerNode > 0 {
@@ -700,8 +718,8 @@ func printTable(w io.Writer, rows []row) {
 		if r.takenOver > 0 {
 			detect = fmt.Sprintf("%.1fs-%.1fs", r.detectFirst.Seconds(), r.detectLast.Seconds())
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%d\t%.2f\t%.2f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%d\t%.1f\t%.2f\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%.0f\t\n",
-			r.protocol, r.n, r.rate, r.created, r.claimWrites, r.conflicts, r.watchEvents,
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%d\t%.2f\t%.2f\t%.2f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%d\t%.1f\t%.2f\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%.0f\t\n",
+			r.protocol, r.n, r.rate, r.created, r.claimWrites, r.offerWrites, r.conflicts, r.watchEvents,
 			ms(r.p50), ms(r.p99), ms(r.apiCPU), ms(r.etcdCPU), ms(r.selfCPU),
 			r.maxPerNode, r.meanPerNode, ratio, r.killed, detect, r.takenOver, r.liveTakenOver, r.lost, r.dup, r.dupNodeLost, r.leaseRenew, r.rssMiB)
 	}
