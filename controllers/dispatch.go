@@ -53,6 +53,13 @@ func dispatchers(live []string, k int) []string {
 	return order[:min(k, len(order))]
 }
 
+// dispatchOrder is the order in which the dispatchers act for the call:
+// each is first for its share of the calls, so no one dispatcher's
+// workers bound the rate at which calls are offered.
+func dispatchOrder(fc *fnletv1.FunctionCall, live []string, k int) []string {
+	return rendezvous(string(fc.UID), dispatchers(live, k))
+}
+
 // after is the node after n in order: the first when n is not in it,
 // wrapping around when wrap is set, "" when there is no other node.
 func after(order []string, n string, wrap bool) string {
@@ -90,8 +97,8 @@ type turn struct {
 // offerTurn is a node's turn for a schedulable call when offers shard the
 // watch (see Offers above): self is the node, p its placement of the call
 // with k dispatchers, since when it first saw the call waiting (asked
-// only when needed).
-func offerTurn(fc *fnletv1.FunctionCall, self string, p placement, k int, now time.Time, since func() time.Time, stagger time.Duration) turn {
+// only when needed); timeout is how long an offer may stay unclaimed.
+func offerTurn(fc *fnletv1.FunctionCall, self string, p placement, k int, now time.Time, since func() time.Time, stagger, timeout time.Duration) turn {
 	offered := fc.Labels[OfferLabel]
 	if offered == self {
 		if p.rank < 0 {
@@ -99,7 +106,7 @@ func offerTurn(fc *fnletv1.FunctionCall, self string, p placement, k int, now ti
 		}
 		return turn{claim: true, passTo: after(p.order, self, false)}
 	}
-	d := slices.Index(dispatchers(p.live, k), self)
+	d := slices.Index(dispatchOrder(fc, p.live, k), self)
 	if d < 0 {
 		return turn{} // offered to another node, and not ours to watch over
 	}
@@ -107,14 +114,14 @@ func offerTurn(fc *fnletv1.FunctionCall, self string, p placement, k int, now ti
 	if offered != "" {
 		if slices.Contains(p.order, offered) {
 			// Live: give it time, but look again when its Lease runs out.
-			stale = maxTime(stale, offeredAt(fc).Add(offerTimeout))
+			stale = maxTime(stale, offeredAt(fc).Add(timeout))
 			recheck = p.expires[offered]
 		} else if t, ok := p.expires[offered]; ok {
 			stale = maxTime(stale, t) // dead since then
 		}
 		target = after(p.order, offered, true)
 		if target == "" || target == offered {
-			return turn{wait: offerTimeout} // no other node to offer it to
+			return turn{wait: timeout} // no other node to offer it to
 		}
 	}
 	if due := stale.Add(claimDelay(d, stagger)); due.After(now) {
@@ -130,6 +137,32 @@ func offerTurn(fc *fnletv1.FunctionCall, self string, p placement, k int, now ti
 		t.offerTo = target
 	}
 	return t
+}
+
+// writeLatency is a moving average of how long this node's claim and
+// offer writes take. The waits that give another node time to write
+// (the stagger, the offer timeout) grow with it: with an apiserver that
+// takes a second per write, a 200ms stagger would only make conflicts.
+type writeLatency struct {
+	mu  sync.Mutex
+	avg time.Duration
+}
+
+func (l *writeLatency) observe(d time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.avg == 0 {
+		l.avg = d
+	} else {
+		l.avg += (d - l.avg) / 8
+	}
+}
+
+// atLeast is d, or n times the average write latency when that is longer.
+func (l *writeLatency) atLeast(d time.Duration, n int) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return max(d, time.Duration(n)*l.avg)
 }
 
 func maxTime(a, b time.Time) time.Time {

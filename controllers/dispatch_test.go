@@ -67,8 +67,8 @@ func TestUnitOfferTurn(t *testing.T) {
 	now := t0
 	stagger := 100 * time.Millisecond
 	live := []string{"n1", "n2", "n3", "n4", "n5", "n6"}
-	d := dispatchers(live, k)
-	var others []string // neither dispatcher
+	d := rendezvous("", dispatchers(live, k)) // the test calls have no UID
+	var others []string                       // neither dispatcher
 	for _, n := range live {
 		if !slices.Contains(d, n) {
 			others = append(others, n)
@@ -167,7 +167,7 @@ func TestUnitOfferTurn(t *testing.T) {
 				exp = tc.expires
 			}
 			p := placement{rank: slices.Index(o, tc.self), order: o, live: live, expires: exp}
-			got := offerTurn(tc.fc, tc.self, p, k, now, func() time.Time { return tc.since }, stagger)
+			got := offerTurn(tc.fc, tc.self, p, k, now, func() time.Time { return tc.since }, stagger, offerTimeout)
 			if got != tc.want {
 				t.Errorf("offerTurn = %+v, want %+v", got, tc.want)
 			}
@@ -185,7 +185,7 @@ func TestUnitReconcileOffers(t *testing.T) {
 		nodes = append(nodes, liveNode(p))
 	}
 	order := rendezvous(uidOf("a"), all)
-	d := dispatchers(all, 2)
+	d := rendezvous(uidOf("a"), dispatchers(all, 2))
 
 	t.Run("dispatcher offers", func(t *testing.T) {
 		h := newHarness(t, newCall("a").Obj())

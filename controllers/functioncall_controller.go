@@ -90,7 +90,8 @@ type FunctionCallReconciler struct {
 	// DefaultRunningWriteDelay; negative writes Running at once.
 	RunningWriteDelay time.Duration
 
-	calls tracker
+	calls  tracker
+	writes writeLatency
 }
 
 // DefaultRunningWriteDelay: most function calls are short; a call that runs
@@ -227,7 +228,10 @@ func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.Function
 	fc.Status.PodIP = ""
 	fc.Status.ObservedGeneration = fc.Generation
 	setCondition(fc, fnletv1.ConditionClaimed, metav1.ConditionTrue, "Claimed", "claimed by node "+r.NodeName)
-	if err := r.updateStatus(ctx, fc); err != nil {
+	start := time.Now()
+	err = r.updateStatus(ctx, fc)
+	r.writes.observe(time.Since(start))
+	if err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 			return false, ctrl.Result{}, nil // another node won, or it is gone
 		}
@@ -254,7 +258,10 @@ func (r *FunctionCallReconciler) offer(ctx context.Context, fc *fnletv1.Function
 	}
 	fc.Labels[OfferLabel] = node
 	fc.Annotations[annOfferedAt] = r.Clock.Now().UTC().Format(time.RFC3339Nano)
-	if err := r.Client.Patch(ctx, fc, patch); err != nil {
+	start := time.Now()
+	err := r.Client.Patch(ctx, fc, patch)
+	r.writes.observe(time.Since(start))
+	if err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 			return nil // another node acted first, or it is gone
 		}
@@ -288,12 +295,14 @@ func (r *FunctionCallReconciler) claimTurn(ctx context.Context, fc *fnletv1.Func
 	p := place(fc, self, nodes, now, r.Limits)
 	offers := r.Dispatchers > 0 && len(p.live) > r.Dispatchers && r.ClaimStagger >= 0
 	if offers {
-		p.reporter = dispatchers(p.live, r.Dispatchers)[0] == r.NodeName // only they see every call
+		p.reporter = dispatchOrder(fc, p.live, r.Dispatchers)[0] == r.NodeName // only they see every call
 	}
 	stagger := r.ClaimStagger
 	if stagger <= 0 {
 		stagger = DefaultClaimStagger
 	}
+	// Give the node before us twice our own write time at least.
+	stagger = r.writes.atLeast(stagger, 2)
 	switch {
 	case p.unschedulable != "":
 		if !p.reporter {
@@ -302,7 +311,8 @@ func (r *FunctionCallReconciler) claimTurn(ctx context.Context, fc *fnletv1.Func
 		// Re-checked now and then: the message counts the live nodes.
 		return turn{wait: unschedulableRecheck}, r.reportUnschedulable(ctx, fc, p.unschedulable)
 	case offers:
-		return offerTurn(fc, r.NodeName, p, r.Dispatchers, now, func() time.Time { return r.calls.waitingSince(fc, now) }, stagger), nil
+		since := func() time.Time { return r.calls.waitingSince(fc, now) }
+		return offerTurn(fc, r.NodeName, p, r.Dispatchers, now, since, stagger, r.writes.atLeast(offerTimeout, 10)), nil
 	case p.rank < 0:
 		return turn{}, nil // another node's to take
 	case p.rank == 0, r.ClaimStagger < 0:

@@ -75,7 +75,7 @@ func main() {
 	flag.DurationVar(&c.mean, "mean-run", 200*time.Millisecond, "Mean run time of a call (exponential).")
 	flag.Float64Var(&c.killFraction, "kill-fraction", 0.1, "Fraction of managers killed for good a third into each run (0: none).")
 	flag.DurationVar(&c.leaseDuration, "lease-duration", 0, "Lease duration of the hollow nodes (0: 3 × renew interval).")
-	flag.DurationVar(&c.leaseRenew, "lease-renew-interval", 0, "Lease renew interval (0: 1s, or N/50 s when larger: every manager watches every Lease, so renewals cost N² watch events).")
+	flag.DurationVar(&c.leaseRenew, "lease-renew-interval", 0, "Lease renew interval (0: 1s, or N/10 s when larger: every manager watches every Lease, so renewals cost N²/interval watch events; N/10 s keeps that at 10 per second per manager, as a deployment of that size would set --lease-renew-interval).")
 	flag.DurationVar(&c.nodeLostGrace, "node-lost-grace", 0, "NodeLost grace (0: 2 × renew interval).")
 	flag.IntVar(&c.workers, "workers", 8, "Concurrent reconciles per hollow manager (cmd/manager's default).")
 	flag.IntVar(&c.maxCalls, "max-calls", 16, "Capacity of each hollow node (cmd/manager's default).")
@@ -140,7 +140,7 @@ func fatalf(format string, args ...any) {
 func (c config) leases(n int) (duration, renew, grace time.Duration) {
 	renew = c.leaseRenew
 	if renew == 0 {
-		renew = max(time.Second, time.Duration(n)*time.Second/50)
+		renew = max(time.Second, time.Duration(n)*time.Second/10)
 	}
 	duration, grace = c.leaseDuration, c.nodeLostGrace
 	if duration == 0 {
