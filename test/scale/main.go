@@ -167,6 +167,7 @@ type row struct {
 	p50, p99                  time.Duration
 	apiCPU, etcdCPU, selfCPU  time.Duration // per call
 	maxPerNode                int
+	uniformSpread             float64
 	meanPerNode               float64
 	leaseRenew                time.Duration
 	killed, takenOver         int
@@ -674,6 +675,11 @@ func (s *stats) fill(r *row, created int) {
 	}
 	r.p50, r.p99 = percentile(lat, 50), percentile(lat, 99)
 	r.maxPerNode, r.meanPerNode = spread(s.claims, r.n)
+	total := 0
+	for _, c := range s.claims {
+		total += c
+	}
+	r.uniformSpread = uniformSpread(total, r.n, 50)
 	// A takeover of a call a killed node ran is what NodeLost is for; one
 	// of a call only live nodes ran is a live node judged lost (its Lease
 	// renewals late).
@@ -708,7 +714,7 @@ func (s *stats) fill(r *row, created int) {
 
 func printTable(w io.Writer, rows []row) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "protocol\tN\trate/s\tcalls\tclaim writes/call\toffer writes/call\t409s/call\twatch events/call\tclaim p50\tclaim p99\tapiserver CPU/call\tetcd CPU/call\tharness CPU/call\tcalls/node max\tmean\tmax/mean\tkilled\tNodeLost after (first-last)\ttaken over\tlive taken over\tlost\tdup\tdup after NodeLost\tlease renew\tRSS MiB\t")
+	fmt.Fprintln(tw, "protocol\tN\trate/s\tcalls\tclaim writes/call\toffer writes/call\t409s/call\twatch events/call\tclaim p50\tclaim p99\tapiserver CPU/call\tetcd CPU/call\tharness CPU/call\tcalls/node max\tmean\tmax/mean\tuniform max/mean\tkilled\tNodeLost after (first-last)\ttaken over\tlive taken over\tlost\tdup\tdup after NodeLost\tlease renew\tRSS MiB\t")
 	for _, r := range rows {
 		ratio := 0.0
 		if r.meanPerNode > 0 {
@@ -718,10 +724,10 @@ func printTable(w io.Writer, rows []row) {
 		if r.takenOver > 0 {
 			detect = fmt.Sprintf("%.1fs-%.1fs", r.detectFirst.Seconds(), r.detectLast.Seconds())
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%d\t%.2f\t%.2f\t%.2f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%d\t%.1f\t%.2f\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%.0f\t\n",
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%d\t%.2f\t%.2f\t%.2f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%d\t%.1f\t%.2f\t%.2f\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%.0f\t\n",
 			r.protocol, r.n, r.rate, r.created, r.claimWrites, r.offerWrites, r.conflicts, r.watchEvents,
 			ms(r.p50), ms(r.p99), ms(r.apiCPU), ms(r.etcdCPU), ms(r.selfCPU),
-			r.maxPerNode, r.meanPerNode, ratio, r.killed, detect, r.takenOver, r.liveTakenOver, r.lost, r.dup, r.dupNodeLost, r.leaseRenew, r.rssMiB)
+			r.maxPerNode, r.meanPerNode, ratio, r.uniformSpread, r.killed, detect, r.takenOver, r.liveTakenOver, r.lost, r.dup, r.dupNodeLost, r.leaseRenew, r.rssMiB)
 	}
 	_ = tw.Flush()
 }
