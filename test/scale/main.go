@@ -131,6 +131,15 @@ func main() {
 	fmt.Printf("\ntotal %s, load average %s\n", time.Since(start).Round(time.Second), loadavg())
 }
 
+// orZero is v, or zero when err is set (a /proc read of a process that ran).
+func orZero[T any](v T, err error) T {
+	if err != nil {
+		var zero T
+		return zero
+	}
+	return v
+}
+
 func fatalf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "scale: "+format+"\n", args...)
 	os.Exit(1)
@@ -166,6 +175,8 @@ type row struct {
 	watchEvents               float64 // per call, all unassigned informers
 	p50, p99                  time.Duration
 	apiCPU, etcdCPU, selfCPU  time.Duration // per call
+	apiIdle                   time.Duration // apiserver CPU per second with no calls
+	apiCPUOverIdle            time.Duration // per call, above the idle rate
 	maxPerNode                int
 	uniformSpread             float64
 	meanPerNode               float64
@@ -276,6 +287,12 @@ func runOne(ctx context.Context, root string, c config, n int, protocol string) 
 		}
 	}
 	time.Sleep(leaseRenew + time.Second)
+	// The idle cost of N managers (Lease renewals and their watch events),
+	// over one more renew interval (at least 10s), without calls.
+	idle0, idleAt := orZero(procCPU(apiPID)), time.Now()
+	time.Sleep(max(leaseRenew, 10*time.Second))
+	idleRate := float64(orZero(procCPU(apiPID))-idle0) / float64(time.Since(idleAt))
+	r.apiIdle = time.Duration(idleRate * float64(time.Second))
 	r.startup = time.Since(began)
 	r.rssMiB = rssMiB(os.Getpid())
 	fmt.Printf("  N=%d %s: %d hollow managers up in %s (RSS %.0f MiB), leases %s/%s/grace %s\n",
@@ -327,6 +344,7 @@ func runOne(ctx context.Context, root string, c config, n int, protocol string) 
 		return st.finishedCount() >= created, nil
 	})
 	api1, _ := procCPU(apiPID)
+	busy := time.Since(t0)
 	etcd1, _ := procCPU(etcdPID)
 	self1, _ := procCPU(os.Getpid())
 
@@ -349,6 +367,7 @@ func runOne(ctx context.Context, root string, c config, n int, protocol string) 
 	st.fill(&r, created)
 	per := func(d time.Duration) time.Duration { return d / time.Duration(max(created, 1)) }
 	r.apiCPU, r.etcdCPU, r.selfCPU = per(api1-api0), per(etcd1-etcd0), per(self1-self0)
+	r.apiCPUOverIdle = per(api1 - api0 - time.Duration(idleRate*float64(busy)))
 	r.wall = time.Since(began)
 	return r, nil
 }
@@ -714,7 +733,7 @@ func (s *stats) fill(r *row, created int) {
 
 func printTable(w io.Writer, rows []row) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "protocol\tN\trate/s\tcalls\tclaim writes/call\toffer writes/call\t409s/call\twatch events/call\tclaim p50\tclaim p99\tapiserver CPU/call\tetcd CPU/call\tharness CPU/call\tcalls/node max\tmean\tmax/mean\tuniform max/mean\tkilled\tNodeLost after (first-last)\ttaken over\tlive taken over\tlost\tdup\tdup after NodeLost\tlease renew\tRSS MiB\t")
+	fmt.Fprintln(tw, "protocol\tN\trate/s\tcalls\tclaim writes/call\toffer writes/call\t409s/call\twatch events/call\tclaim p50\tclaim p99\tapiserver CPU/call\tabove idle\tapiserver idle CPU/s\tetcd CPU/call\tharness CPU/call\tcalls/node max\tmean\tmax/mean\tuniform max/mean\tkilled\tNodeLost after (first-last)\ttaken over\tlive taken over\tlost\tdup\tdup after NodeLost\tlease renew\tRSS MiB\t")
 	for _, r := range rows {
 		ratio := 0.0
 		if r.meanPerNode > 0 {
@@ -724,9 +743,9 @@ func printTable(w io.Writer, rows []row) {
 		if r.takenOver > 0 {
 			detect = fmt.Sprintf("%.1fs-%.1fs", r.detectFirst.Seconds(), r.detectLast.Seconds())
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%d\t%.2f\t%.2f\t%.2f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%d\t%.1f\t%.2f\t%.2f\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%.0f\t\n",
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%d\t%.2f\t%.2f\t%.2f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%.1f\t%.2f\t%.2f\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%.0f\t\n",
 			r.protocol, r.n, r.rate, r.created, r.claimWrites, r.offerWrites, r.conflicts, r.watchEvents,
-			ms(r.p50), ms(r.p99), ms(r.apiCPU), ms(r.etcdCPU), ms(r.selfCPU),
+			ms(r.p50), ms(r.p99), ms(r.apiCPU), ms(r.apiCPUOverIdle), ms(r.apiIdle), ms(r.etcdCPU), ms(r.selfCPU),
 			r.maxPerNode, r.meanPerNode, ratio, r.uniformSpread, r.killed, detect, r.takenOver, r.liveTakenOver, r.lost, r.dup, r.dupNodeLost, r.leaseRenew, r.rssMiB)
 	}
 	_ = tw.Flush()
