@@ -70,6 +70,10 @@ type FunctionCallReconciler struct {
 	// negative: no ranking, every fitting node claims at once (the old
 	// protocol, kept for the scale harness's comparison).
 	ClaimStagger time.Duration
+	// Dispatchers: with more live nodes than this, offers shard the watch
+	// of unassigned calls (see OfferLabel); 0: every node watches and
+	// ranks every unassigned call.
+	Dispatchers int
 
 	DefaultTimeout time.Duration
 	MaxTimeout     time.Duration
@@ -86,7 +90,8 @@ type FunctionCallReconciler struct {
 	// DefaultRunningWriteDelay; negative writes Running at once.
 	RunningWriteDelay time.Duration
 
-	calls tracker
+	calls  tracker
+	writes writeLatency
 }
 
 // DefaultRunningWriteDelay: most function calls are short; a call that runs
@@ -174,28 +179,35 @@ func claimDelay(rank int, stagger time.Duration) time.Duration {
 }
 
 // claim binds an unassigned call to this node if it is this node's turn,
-// the call may run here and the node has room. The status write carries
-// the resourceVersion we read, so of several nodes racing, exactly one
+// the call may run here and the node has room, or offers it to the node
+// whose turn it is (see offerTurn). The status write carries the
+// resourceVersion we read, so of several nodes racing, exactly one
 // succeeds; the others get a conflict and drop the call. A node whose turn
 // came after a wait reads the call afresh first: the node before it most
-// likely claimed it, and its cache may not show that yet (a read is much
+// likely acted, and its cache may not show that yet (a read is much
 // cheaper than a write that ends in a conflict).
 func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.FunctionCall) (bool, ctrl.Result, error) {
-	wait, waited, err := r.claimTurn(ctx, fc)
-	if err != nil || wait != 0 {
-		return false, ctrl.Result{RequeueAfter: max(wait, 0)}, err
+	t, err := r.claimTurn(ctx, fc)
+	if err != nil || !t.claim && t.offerTo == "" {
+		return false, ctrl.Result{RequeueAfter: t.wait}, err
 	}
-	if waited {
+	if t.fresh {
 		var cur fnletv1.FunctionCall
 		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(fc), &cur); err != nil {
 			return false, ctrl.Result{}, client.IgnoreNotFound(err)
 		}
-		if cur.UID != fc.UID || cur.Status.NodeName != "" {
-			return false, ctrl.Result{}, nil // taken; the cache will show it
+		if cur.UID != fc.UID || cur.Status.NodeName != "" || cur.Labels[OfferLabel] != fc.Labels[OfferLabel] {
+			return false, ctrl.Result{}, nil // taken or offered; the cache will show it
 		}
 		*fc = cur
 	}
+	if t.offerTo != "" {
+		return false, ctrl.Result{}, r.offer(ctx, fc, t.offerTo)
+	}
 	if ok, err := r.hasRoom(ctx, fc); err != nil || !ok {
+		if err == nil && t.passTo != "" {
+			return false, ctrl.Result{}, r.offer(ctx, fc, t.passTo) // a full node never holds a call up
+		}
 		// A slot frees when a call finishes; poll gently until then.
 		return false, ctrl.Result{RequeueAfter: 500 * time.Millisecond}, err
 	}
@@ -216,7 +228,10 @@ func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.Function
 	fc.Status.PodIP = ""
 	fc.Status.ObservedGeneration = fc.Generation
 	setCondition(fc, fnletv1.ConditionClaimed, metav1.ConditionTrue, "Claimed", "claimed by node "+r.NodeName)
-	if err := r.updateStatus(ctx, fc); err != nil {
+	start := time.Now()
+	err = r.updateStatus(ctx, fc)
+	r.writes.observe(time.Since(start))
+	if err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 			return false, ctrl.Result{}, nil // another node won, or it is gone
 		}
@@ -230,11 +245,39 @@ func (r *FunctionCallReconciler) claim(ctx context.Context, fc *fnletv1.Function
 	return true, ctrl.Result{}, nil
 }
 
-// claimTurn places the call among the live nodes (see place): 0 means
-// claim now, > 0 wait that long, < 0 never (it does not fit this node);
-// waited says the turn came after a wait (see claim). When no live node
-// fits the call, one node (the reporter) says so on the call.
-func (r *FunctionCallReconciler) claimTurn(ctx context.Context, fc *fnletv1.FunctionCall) (wait time.Duration, waited bool, err error) {
+// offer labels the call for node (see OfferLabel), guarded by the
+// resourceVersion read: of two nodes offering at once, one wins.
+func (r *FunctionCallReconciler) offer(ctx context.Context, fc *fnletv1.FunctionCall, node string) error {
+	before := fc.ResourceVersion
+	patch := client.MergeFromWithOptions(fc.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	if fc.Labels == nil {
+		fc.Labels = map[string]string{}
+	}
+	if fc.Annotations == nil {
+		fc.Annotations = map[string]string{}
+	}
+	fc.Labels[OfferLabel] = node
+	fc.Annotations[annOfferedAt] = r.Clock.Now().UTC().Format(time.RFC3339Nano)
+	start := time.Now()
+	err := r.Client.Patch(ctx, fc, patch)
+	r.writes.observe(time.Since(start))
+	if err != nil {
+		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+			return nil // another node acted first, or it is gone
+		}
+		return fmt.Errorf("offer to node %s: %w", node, err)
+	}
+	r.calls.wrote(before, fc)
+	return nil
+}
+
+// claimTurn places the call among the live nodes (see place) and says
+// what this node does about it (see turn). Without offers (Dispatchers 0,
+// or no more live nodes than dispatchers) every node sees every call: the
+// first in rank claims at once, the k-th after a wait. With offers, see
+// offerTurn. When no live node fits the call, one node (the reporter) says
+// so on the call.
+func (r *FunctionCallReconciler) claimTurn(ctx context.Context, fc *fnletv1.FunctionCall) (turn, error) {
 	var nodes []Node
 	if r.Nodes != nil {
 		// Bounded: a Lease informer that cannot sync (say, RBAC missing in
@@ -244,30 +287,42 @@ func (r *FunctionCallReconciler) claimTurn(ctx context.Context, fc *fnletv1.Func
 		nodes, err = r.Nodes.Nodes(lctx)
 		cancel()
 		if err != nil {
-			return 0, false, err
+			return turn{}, err
 		}
 	}
 	now := r.Clock.Now()
 	self := Node{Name: r.NodeName, Labels: r.NodeLabels, MaxMemoryBytes: r.Limits.MaxMemoryBytes, MaxMilliCPU: r.Limits.MaxMilliCPU, Networks: r.Limits.Networks}
 	p := place(fc, self, nodes, now, r.Limits)
-	switch {
-	case p.unschedulable != "":
-		if !p.reporter {
-			return -1, false, nil
-		}
-		// Re-checked now and then: the message counts the live nodes.
-		return unschedulableRecheck, false, r.reportUnschedulable(ctx, fc, p.unschedulable)
-	case p.rank < 0:
-		return -1, false, nil // another node's to take
-	case p.rank == 0, r.ClaimStagger < 0:
-		return 0, false, nil
+	offers := r.Dispatchers > 0 && len(p.live) > r.Dispatchers && r.ClaimStagger >= 0
+	if offers {
+		p.reporter = dispatchOrder(fc, p.live, r.Dispatchers)[0] == r.NodeName // only they see every call
 	}
 	stagger := r.ClaimStagger
 	if stagger <= 0 {
 		stagger = DefaultClaimStagger
 	}
+	// Give the node before us twice our own write time at least.
+	stagger = r.writes.atLeast(stagger, 2)
+	switch {
+	case p.unschedulable != "":
+		if !p.reporter {
+			return turn{}, nil
+		}
+		// Re-checked now and then: the message counts the live nodes.
+		return turn{wait: unschedulableRecheck}, r.reportUnschedulable(ctx, fc, p.unschedulable)
+	case offers:
+		since := func() time.Time { return r.calls.waitingSince(fc, now) }
+		return offerTurn(fc, r.NodeName, p, r.Dispatchers, now, since, stagger, r.writes.atLeast(offerTimeout, 10)), nil
+	case p.rank < 0:
+		return turn{}, nil // another node's to take
+	case p.rank == 0, r.ClaimStagger < 0:
+		return turn{claim: true}, nil
+	}
 	due := r.calls.waitingSince(fc, now).Add(claimDelay(p.rank, stagger))
-	return max(due.Sub(now), 0), true, nil
+	if due.After(now) {
+		return turn{wait: due.Sub(now)}, nil
+	}
+	return turn{claim: true, fresh: true}, nil
 }
 
 // unschedulableRecheck is how often the reporter re-checks a call no node fits.

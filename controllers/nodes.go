@@ -65,23 +65,48 @@ type NodeLister interface {
 	Nodes(ctx context.Context) ([]Node, error)
 }
 
-// LeaseNodes reads Nodes from Leases through a (cached) reader.
+// LeaseNodes reads Nodes from Leases through a (cached) reader. It keeps
+// each Lease's parsed Node by resourceVersion: placement lists the Leases
+// for every unassigned call it looks at, and with hundreds of nodes
+// decoding their annotations each time dominated a reconcile. Use it by
+// pointer; the zero value of its memo is ready.
 type LeaseNodes struct {
 	Reader    client.Reader
 	Namespace string
+
+	mu     sync.Mutex
+	parsed map[string]parsedLease // Lease name → its last parse
 }
 
-func (l LeaseNodes) Nodes(ctx context.Context) ([]Node, error) {
+type parsedLease struct {
+	resourceVersion string
+	node            Node
+	ok              bool
+}
+
+func (l *LeaseNodes) Nodes(ctx context.Context) ([]Node, error) {
 	var list coordinationv1.LeaseList
-	if err := l.Reader.List(ctx, &list, client.InNamespace(l.Namespace), client.HasLabels{NodeLeaseLabel}); err != nil {
+	// Read-only: the Leases are parsed, never changed.
+	if err := l.Reader.List(ctx, &list, client.InNamespace(l.Namespace), client.HasLabels{NodeLeaseLabel}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list node leases: %w", err)
 	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	next := make(map[string]parsedLease, len(list.Items))
 	nodes := make([]Node, 0, len(list.Items))
 	for i := range list.Items {
-		if n, ok := nodeOf(&list.Items[i]); ok {
-			nodes = append(nodes, n)
+		lease := &list.Items[i]
+		p, ok := l.parsed[lease.Name]
+		if !ok || p.resourceVersion != lease.ResourceVersion || lease.ResourceVersion == "" {
+			p.resourceVersion = lease.ResourceVersion
+			p.node, p.ok = nodeOf(lease)
+		}
+		next[lease.Name] = p
+		if p.ok {
+			nodes = append(nodes, p.node)
 		}
 	}
+	l.parsed = next // Leases gone are forgotten
 	return nodes, nil
 }
 
@@ -195,16 +220,22 @@ type placement struct {
 	rank          int
 	unschedulable string // non-empty: no live node fits; the reason
 	reporter      bool
+	// order is the live nodes that fit, in rendezvous order for the call;
+	// live is every live node's name, this one's included.
+	order, live []string
+	// expires is when each other node's Lease runs out (or ran out).
+	expires map[string]time.Time
 }
 
 func place(fc *fnletv1.FunctionCall, self Node, nodes []Node, now time.Time, lim Limits) placement {
 	var live, fitting []string
 	why := map[string]int{}
+	expires := map[string]time.Time{}
 	seenSelf := false
 	for _, n := range nodes {
 		if n.Name == self.Name {
 			n, seenSelf = self, true // our own view is the freshest
-		} else if !n.Live(now) {
+		} else if expires[n.Name] = n.ExpiresAt; !n.Live(now) {
 			continue
 		}
 		live = append(live, n.Name)
@@ -222,7 +253,8 @@ func place(fc *fnletv1.FunctionCall, self Node, nodes []Node, now time.Time, lim
 			why[reason]++
 		}
 	}
-	p := placement{rank: slices.Index(rendezvous(string(fc.UID), fitting), self.Name)}
+	order := rendezvous(string(fc.UID), fitting)
+	p := placement{rank: slices.Index(order, self.Name), order: order, live: live, expires: expires}
 	if len(fitting) == 0 {
 		p.reporter = rendezvous(string(fc.UID), live)[0] == self.Name
 		p.unschedulable = unschedulableMessage(len(live), why)

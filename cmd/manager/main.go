@@ -60,6 +60,7 @@ type options struct {
 	logAPIAddr, logAPICertDir, logAPIAdvertise, logAPIPeerCA     string
 	cniConfDir, cniBinDirs, netnsDir, callResolvConf             string
 	podNetworkPool                                               int
+	dispatchers                                                  int
 }
 
 func main() {
@@ -109,6 +110,7 @@ func main() {
 	flag.DurationVar(&o.leaseRenew, "lease-renew-interval", 5*time.Second, "How often this node renews its Lease.")
 	flag.DurationVar(&o.nodeLostGrace, "node-lost-grace", 30*time.Second, "How long a node's Lease must have been expired before its calls are taken over (NodeLost); longer than a manager restart.")
 	flag.DurationVar(&o.claimStagger, "claim-stagger", controllers.DefaultClaimStagger, "Wait per rank before a node that is not first for a call claims it (negative: no ranking, every node races; for comparison only).")
+	flag.IntVar(&o.dispatchers, "dispatchers", controllers.DefaultDispatchers, "With more live fnlet nodes than this, only this many nodes (the dispatchers, chosen from the Leases) watch every unassigned call and offer each to the node ranked first for it; the others watch only the calls offered to them. 0: every node watches every unassigned call.")
 	flag.BoolVar(&o.pools, "pools", true, "Serve FunctionPools: keep their pre-started containers on this node and run fitting calls in them (needs fnlet-init).")
 	flag.Float64Var(&o.poolRefill, "pool-refill-rate", 5, "Most pre-started containers this node starts per second, all pools together.")
 	zapOpts := zap.Options{}
@@ -260,7 +262,7 @@ func run(ctx context.Context, o options) error {
 		Limits:         lim,
 		DefaultTimeout: o.defaultTimeout, MaxTimeout: o.maxTimeout, KillGrace: o.killGrace,
 		LeaseNamespace: o.leaseNamespace, LeaseDuration: o.leaseDuration, LeaseRenew: o.leaseRenew,
-		NodeLostGrace: o.nodeLostGrace, ClaimStagger: o.claimStagger,
+		NodeLostGrace: o.nodeLostGrace, ClaimStagger: o.claimStagger, Dispatchers: o.dispatchers,
 		PoolRuntime: poolRT, PoolRefillPerSecond: o.poolRefill,
 		LogAddress: logs.advertise,
 	})
@@ -282,7 +284,7 @@ func run(ctx context.Context, o options) error {
 		}
 		srv := logs.server
 		srv.NodeName, srv.Calls, srv.APIReader, srv.Peer = o.nodeName, mgr.GetClient(), mgr.GetAPIReader(), peer
-		srv.Nodes = controllers.LeaseNodes{Reader: mgr.GetClient(), Namespace: o.leaseNamespace}
+		srv.Nodes = n.Reconciler.Nodes
 		srv.Paths = rt.LogPaths
 		srv.Retention = fmt.Sprintf("finished calls' output is kept for --log-retention=%s, at most --log-keep=%d calls", o.logRetention, o.logKeep)
 		srv.Log = ctrl.Log.WithName("logapi")

@@ -58,6 +58,10 @@ type Options struct {
 	LeaseRenew     time.Duration
 	NodeLostGrace  time.Duration
 	ClaimStagger   time.Duration
+	// Dispatchers: with more live nodes than this, a node watches only the
+	// unassigned calls offered to it, and only the dispatchers watch them
+	// all (see controllers.OfferLabel); 0: every node watches every one.
+	Dispatchers int
 
 	// PoolRuntime, when set, serves FunctionPools on this node (the
 	// runtime must then also implement controllers.WarmRunner); nil runs
@@ -78,8 +82,13 @@ type Node struct {
 	Pools    *controllers.FunctionPoolReconciler
 	Lease    *controllers.NodeLease
 	Detector *controllers.NodeLossDetector
-	// Unassigned is the cache of calls no node has claimed yet.
+	// Unassigned is the cache of calls no node has claimed yet: all of
+	// them without offers (Options.Dispatchers 0), else those offered to
+	// this node.
 	Unassigned cache.Cache
+	// Dispatch watches every unassigned call while this node is a
+	// dispatcher; nil without offers.
+	Dispatch *controllers.DispatchWatch
 	// Events wakes the reconciler for a call (the runtime's exit hints).
 	Events chan event.GenericEvent
 }
@@ -125,14 +134,22 @@ func New(ctx context.Context, cfg *rest.Config, o Options) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create manager: %w", err)
 	}
-	// Calls no node has claimed yet, in a second, equally narrow cache.
-	unassigned, err := cache.New(cfg, cache.Options{Scheme: scheme, Mapper: mgr.GetRESTMapper(),
-		DefaultTransform: cache.TransformStripManagedFields(),
-		ByObject: map[client.Object]cache.ByObject{
-			// No label selector: a call copied from a finished one may carry
-			// its finished label; claim removes it.
-			&fnletv1.FunctionCall{}: {Field: fields.OneTermEqualSelector(controllers.NodeNameField, "")},
-		}})
+	// Calls no node has claimed yet, in a second, equally narrow cache: with
+	// offers, only those offered to this node.
+	unassignedCache := func(offered labels.Selector) (cache.Cache, error) {
+		// No other label selector: a call copied from a finished one may
+		// carry its finished label; claim removes it.
+		return cache.New(cfg, cache.Options{Scheme: scheme, Mapper: mgr.GetRESTMapper(),
+			DefaultTransform: cache.TransformStripManagedFields(),
+			ByObject: map[client.Object]cache.ByObject{
+				&fnletv1.FunctionCall{}: {Field: fields.OneTermEqualSelector(controllers.NodeNameField, ""), Label: offered},
+			}})
+	}
+	var offered labels.Selector
+	if o.Dispatchers > 0 {
+		offered = labels.SelectorFromSet(labels.Set{controllers.OfferLabel: o.NodeName})
+	}
+	unassigned, err := unassignedCache(offered)
 	if err != nil {
 		return nil, fmt.Errorf("create unassigned-calls cache: %w", err)
 	}
@@ -151,12 +168,24 @@ func New(ctx context.Context, cfg *rest.Config, o Options) (*Node, error) {
 	if err := mgr.Add(n.Lease); err != nil {
 		return nil, err
 	}
+	leases := &controllers.LeaseNodes{Reader: mgr.GetClient(), Namespace: o.LeaseNamespace}
+	var unassignedReader client.Reader = unassigned
+	if o.Dispatchers > 0 {
+		n.Dispatch = &controllers.DispatchWatch{Nodes: leases, Self: o.NodeName, Dispatchers: o.Dispatchers,
+			Interval: o.LeaseRenew, Clock: clock.RealClock{}, Out: n.Events,
+			NewCache: func() (cache.Cache, error) { return unassignedCache(nil) }}
+		if err := mgr.Add(n.Dispatch); err != nil {
+			return nil, err
+		}
+		unassignedReader = controllers.Readers{unassigned, n.Dispatch}
+	}
 	n.Reconciler = &controllers.FunctionCallReconciler{
-		Client: mgr.GetClient(), Unassigned: unassigned, APIReader: mgr.GetAPIReader(), ManagerUser: o.ManagerUser,
+		Client: mgr.GetClient(), Unassigned: unassignedReader, APIReader: mgr.GetAPIReader(), ManagerUser: o.ManagerUser,
 		Recorder: mgr.GetEventRecorder("fnlet-manager"), Runtime: o.Runtime, Clock: clock.RealClock{},
 		NodeName: o.NodeName, NodeLabels: nodeLabels,
-		Nodes:          controllers.LeaseNodes{Reader: mgr.GetClient(), Namespace: o.LeaseNamespace},
+		Nodes:          leases,
 		ClaimStagger:   o.ClaimStagger,
+		Dispatchers:    o.Dispatchers,
 		Capacity:       o.Capacity,
 		Limits:         o.Limits,
 		DefaultTimeout: o.DefaultTimeout, MaxTimeout: o.MaxTimeout, KillGrace: o.KillGrace,

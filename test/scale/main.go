@@ -69,13 +69,13 @@ func main() {
 	var nodes, protocols string
 	var verbose bool
 	flag.StringVar(&nodes, "nodes", "1,10,100,500", "Comma-separated numbers of hollow managers, one run each per protocol.")
-	flag.StringVar(&protocols, "protocols", "old,new", "Claim protocols: old (--claim-stagger -1: every fitting node races) and/or new (ranked, staggered).")
+	flag.StringVar(&protocols, "protocols", "old,new", "Claim protocols: old (--claim-stagger -1 --dispatchers 0: every fitting node races), stagger (--dispatchers 0: every node watches every unassigned call, ranked and staggered) and/or new (the default: offers by 3 dispatchers).")
 	flag.Float64Var(&c.rate, "rate", 20, "Calls created per second.")
 	flag.DurationVar(&c.duration, "duration", 45*time.Second, "How long the generator creates calls in each run.")
 	flag.DurationVar(&c.mean, "mean-run", 200*time.Millisecond, "Mean run time of a call (exponential).")
 	flag.Float64Var(&c.killFraction, "kill-fraction", 0.1, "Fraction of managers killed for good a third into each run (0: none).")
 	flag.DurationVar(&c.leaseDuration, "lease-duration", 0, "Lease duration of the hollow nodes (0: 3 × renew interval).")
-	flag.DurationVar(&c.leaseRenew, "lease-renew-interval", 0, "Lease renew interval (0: 1s, or N/50 s when larger: every manager watches every Lease, so renewals cost N² watch events).")
+	flag.DurationVar(&c.leaseRenew, "lease-renew-interval", 0, "Lease renew interval (0: 1s, or N/10 s when larger: every manager watches every Lease, so renewals cost N²/interval watch events; N/10 s keeps that at 10 per second per manager, as a deployment of that size would set --lease-renew-interval).")
 	flag.DurationVar(&c.nodeLostGrace, "node-lost-grace", 0, "NodeLost grace (0: 2 × renew interval).")
 	flag.IntVar(&c.workers, "workers", 8, "Concurrent reconciles per hollow manager (cmd/manager's default).")
 	flag.IntVar(&c.maxCalls, "max-calls", 16, "Capacity of each hollow node (cmd/manager's default).")
@@ -90,8 +90,8 @@ func main() {
 		c.nodes = append(c.nodes, n)
 	}
 	for _, p := range strings.Split(protocols, ",") {
-		if p = strings.TrimSpace(p); p != "old" && p != "new" {
-			fatalf("--protocols: %q is neither old nor new", p)
+		if p = strings.TrimSpace(p); p != "old" && p != "stagger" && p != "new" {
+			fatalf("--protocols: %q is not old, stagger or new", p)
 		}
 		c.protocols = append(c.protocols, strings.TrimSpace(p))
 	}
@@ -131,6 +131,15 @@ func main() {
 	fmt.Printf("\ntotal %s, load average %s\n", time.Since(start).Round(time.Second), loadavg())
 }
 
+// orZero is v, or zero when err is set (a /proc read of a process that ran).
+func orZero[T any](v T, err error) T {
+	if err != nil {
+		var zero T
+		return zero
+	}
+	return v
+}
+
 func fatalf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "scale: "+format+"\n", args...)
 	os.Exit(1)
@@ -140,7 +149,7 @@ func fatalf(format string, args ...any) {
 func (c config) leases(n int) (duration, renew, grace time.Duration) {
 	renew = c.leaseRenew
 	if renew == 0 {
-		renew = max(time.Second, time.Duration(n)*time.Second/50)
+		renew = max(time.Second, time.Duration(n)*time.Second/10)
 	}
 	duration, grace = c.leaseDuration, c.nodeLostGrace
 	if duration == 0 {
@@ -162,10 +171,14 @@ type row struct {
 	rate                      float64
 	created                   int
 	claimWrites, conflicts    float64 // per call
+	offerWrites               float64 // per call
 	watchEvents               float64 // per call, all unassigned informers
 	p50, p99                  time.Duration
 	apiCPU, etcdCPU, selfCPU  time.Duration // per call
+	apiIdle                   time.Duration // apiserver CPU per second with no calls
+	apiCPUOverIdle            time.Duration // per call, above the idle rate
 	maxPerNode                int
+	uniformSpread             float64
 	meanPerNode               float64
 	leaseRenew                time.Duration
 	killed, takenOver         int
@@ -223,8 +236,12 @@ func runOne(ctx context.Context, root string, c config, n int, protocol string) 
 	r.leaseRenew = leaseRenew
 	st := newStats()
 	stagger := time.Duration(0) // controllers.DefaultClaimStagger
-	if protocol == "old" {
-		stagger = -1
+	dispatchers := controllers.DefaultDispatchers
+	switch protocol {
+	case "old":
+		stagger, dispatchers = -1, 0
+	case "stagger":
+		dispatchers = 0
 	}
 
 	// The hollow nodes: a Node object each (labels for the Lease), then the
@@ -240,7 +257,7 @@ func runOne(ctx context.Context, root string, c config, n int, protocol string) 
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			h, err := startHollow(setupCtx, admin, base, st, c, i, stagger, leaseDuration, leaseRenew, grace)
+			h, err := startHollow(setupCtx, admin, base, st, c, i, stagger, dispatchers, leaseDuration, leaseRenew, grace)
 			if err != nil {
 				errs <- err
 				return
@@ -270,6 +287,12 @@ func runOne(ctx context.Context, root string, c config, n int, protocol string) 
 		}
 	}
 	time.Sleep(leaseRenew + time.Second)
+	// The idle cost of N managers (Lease renewals and their watch events),
+	// over one more renew interval (at least 10s), without calls.
+	idle0, idleAt := orZero(procCPU(apiPID)), time.Now()
+	time.Sleep(max(leaseRenew, 10*time.Second))
+	idleRate := float64(orZero(procCPU(apiPID))-idle0) / float64(time.Since(idleAt))
+	r.apiIdle = time.Duration(idleRate * float64(time.Second))
 	r.startup = time.Since(began)
 	r.rssMiB = rssMiB(os.Getpid())
 	fmt.Printf("  N=%d %s: %d hollow managers up in %s (RSS %.0f MiB), leases %s/%s/grace %s\n",
@@ -321,6 +344,7 @@ func runOne(ctx context.Context, root string, c config, n int, protocol string) 
 		return st.finishedCount() >= created, nil
 	})
 	api1, _ := procCPU(apiPID)
+	busy := time.Since(t0)
 	etcd1, _ := procCPU(etcdPID)
 	self1, _ := procCPU(os.Getpid())
 
@@ -343,11 +367,12 @@ func runOne(ctx context.Context, root string, c config, n int, protocol string) 
 	st.fill(&r, created)
 	per := func(d time.Duration) time.Duration { return d / time.Duration(max(created, 1)) }
 	r.apiCPU, r.etcdCPU, r.selfCPU = per(api1-api0), per(etcd1-etcd0), per(self1-self0)
+	r.apiCPUOverIdle = per(api1 - api0 - time.Duration(idleRate*float64(busy)))
 	r.wall = time.Since(began)
 	return r, nil
 }
 
-func startHollow(ctx context.Context, admin client.Client, base *rest.Config, st *stats, c config, i int, stagger, leaseDuration, leaseRenew, grace time.Duration) (*hollow, error) {
+func startHollow(ctx context.Context, admin client.Client, base *rest.Config, st *stats, c config, i int, stagger time.Duration, dispatchers int, leaseDuration, leaseRenew, grace time.Duration) (*hollow, error) {
 	h := &hollow{name: fmt.Sprintf("hollow-%03d", i), done: make(chan struct{})}
 	zone := fmt.Sprintf("zone-%d", i%3)
 	if err := admin.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: h.name,
@@ -376,7 +401,7 @@ func startHollow(ctx context.Context, admin client.Client, base *rest.Config, st
 		Limits:             controllers.Limits{DefaultMemoryBytes: 256 << 20, MaxMemoryBytes: 8 << 30, DefaultPids: 1024},
 		DefaultTimeout:     5 * time.Minute, MaxTimeout: time.Hour, KillGrace: 10 * time.Second,
 		LeaseNamespace: kubeapi.ManagerNamespace, LeaseDuration: leaseDuration, LeaseRenew: leaseRenew,
-		NodeLostGrace: grace, ClaimStagger: stagger,
+		NodeLostGrace: grace, ClaimStagger: stagger, Dispatchers: dispatchers,
 	})
 	if err != nil {
 		cancel()
@@ -389,6 +414,9 @@ func startHollow(ctx context.Context, admin client.Client, base *rest.Config, st
 		return nil, err
 	}
 	count := func() { st.watchEvents.Add(1) }
+	if n.Dispatch != nil {
+		n.Dispatch.OnEvent = count
+	}
 	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { count() }, UpdateFunc: func(any, any) { count() }, DeleteFunc: func(any) { count() },
 	}); err != nil {
@@ -495,7 +523,7 @@ func (t *countingTransport) RoundTrip(req *http.Request) (*http.Response, error)
 }
 
 type stats struct {
-	watchEvents, conflicts, callWrites, claimWrites atomic.Int64
+	watchEvents, conflicts, callWrites, claimWrites, offerWrites atomic.Int64
 
 	mu        sync.Mutex
 	createdAt map[string]time.Time // call name → just before its create
@@ -522,6 +550,7 @@ func (s *stats) reset() {
 	s.conflicts.Store(0)
 	s.callWrites.Store(0)
 	s.claimWrites.Store(0)
+	s.offerWrites.Store(0)
 	s.createdAt, s.claimedIn, s.claims = map[string]time.Time{}, map[string]time.Duration{}, map[string]int{}
 	s.finished, s.runs, s.takeovers, s.killed = map[string]bool{}, map[string][]string{}, map[string]time.Time{}, map[string]bool{}
 }
@@ -602,6 +631,14 @@ func (s *stats) newClient(node string) client.NewClientFunc {
 			return nil, err
 		}
 		return interceptor.NewClient(c, interceptor.Funcs{
+			Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+				if _, ok := obj.(*fnletv1.FunctionCall); ok {
+					if data, err := patch.Data(obj); err == nil && strings.Contains(string(data), controllers.OfferLabel) {
+						s.offerWrites.Add(1)
+					}
+				}
+				return c.Patch(ctx, obj, patch, opts...)
+			},
 			SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, obj client.Object, opts ...client.SubResourceUpdateOption) error {
 				fc, ok := obj.(*fnletv1.FunctionCall)
 				if !ok || sub != "status" {
@@ -650,12 +687,18 @@ func (s *stats) fill(r *row, created int) {
 	defer s.mu.Unlock()
 	per := func(v int64) float64 { return float64(v) / float64(max(created, 1)) }
 	r.claimWrites, r.conflicts, r.watchEvents = per(s.claimWrites.Load()), per(s.conflicts.Load()), per(s.watchEvents.Load())
+	r.offerWrites = per(s.offerWrites.Load())
 	lat := make([]time.Duration, 0, len(s.claimedIn))
 	for _, d := range s.claimedIn {
 		lat = append(lat, d)
 	}
 	r.p50, r.p99 = percentile(lat, 50), percentile(lat, 99)
 	r.maxPerNode, r.meanPerNode = spread(s.claims, r.n)
+	total := 0
+	for _, c := range s.claims {
+		total += c
+	}
+	r.uniformSpread = uniformSpread(total, r.n, 50)
 	// A takeover of a call a killed node ran is what NodeLost is for; one
 	// of a call only live nodes ran is a live node judged lost (its Lease
 	// renewals late).
@@ -690,7 +733,7 @@ func (s *stats) fill(r *row, created int) {
 
 func printTable(w io.Writer, rows []row) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "protocol\tN\trate/s\tcalls\tclaim writes/call\t409s/call\twatch events/call\tclaim p50\tclaim p99\tapiserver CPU/call\tetcd CPU/call\tharness CPU/call\tcalls/node max\tmean\tmax/mean\tkilled\tNodeLost after (first-last)\ttaken over\tlive taken over\tlost\tdup\tdup after NodeLost\tlease renew\tRSS MiB\t")
+	fmt.Fprintln(tw, "protocol\tN\trate/s\tcalls\tclaim writes/call\toffer writes/call\t409s/call\twatch events/call\tclaim p50\tclaim p99\tapiserver CPU/call\tabove idle\tapiserver idle CPU/s\tetcd CPU/call\tharness CPU/call\tcalls/node max\tmean\tmax/mean\tuniform max/mean\tkilled\tNodeLost after (first-last)\ttaken over\tlive taken over\tlost\tdup\tdup after NodeLost\tlease renew\tRSS MiB\t")
 	for _, r := range rows {
 		ratio := 0.0
 		if r.meanPerNode > 0 {
@@ -700,10 +743,10 @@ func printTable(w io.Writer, rows []row) {
 		if r.takenOver > 0 {
 			detect = fmt.Sprintf("%.1fs-%.1fs", r.detectFirst.Seconds(), r.detectLast.Seconds())
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%d\t%.2f\t%.2f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%d\t%.1f\t%.2f\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%.0f\t\n",
-			r.protocol, r.n, r.rate, r.created, r.claimWrites, r.conflicts, r.watchEvents,
-			ms(r.p50), ms(r.p99), ms(r.apiCPU), ms(r.etcdCPU), ms(r.selfCPU),
-			r.maxPerNode, r.meanPerNode, ratio, r.killed, detect, r.takenOver, r.liveTakenOver, r.lost, r.dup, r.dupNodeLost, r.leaseRenew, r.rssMiB)
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%d\t%.2f\t%.2f\t%.2f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%.1f\t%.2f\t%.2f\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%.0f\t\n",
+			r.protocol, r.n, r.rate, r.created, r.claimWrites, r.offerWrites, r.conflicts, r.watchEvents,
+			ms(r.p50), ms(r.p99), ms(r.apiCPU), ms(r.apiCPUOverIdle), ms(r.apiIdle), ms(r.etcdCPU), ms(r.selfCPU),
+			r.maxPerNode, r.meanPerNode, ratio, r.uniformSpread, r.killed, detect, r.takenOver, r.liveTakenOver, r.lost, r.dup, r.dupNodeLost, r.leaseRenew, r.rssMiB)
 	}
 	_ = tw.Flush()
 }

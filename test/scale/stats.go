@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -34,6 +35,27 @@ func spread(counts map[string]int, n int) (maxv int, mean float64) {
 		return 0, 0
 	}
 	return maxv, float64(total) / float64(n)
+}
+
+// uniformSpread is the max/mean of calls per node to expect if total
+// calls went to n nodes uniformly at random (averaged over trials): the
+// yardstick for the measured max/mean, which with a few calls per node is
+// mostly sampling noise (at 9 calls per node on 100 nodes, about 2).
+func uniformSpread(total, n, trials int) float64 {
+	if total == 0 || n == 0 {
+		return 0
+	}
+	rng := rand.New(rand.NewPCG(uint64(total), uint64(n)))
+	counts := make([]int, n)
+	sum := 0
+	for range trials {
+		clear(counts)
+		for range total {
+			counts[rng.IntN(n)]++
+		}
+		sum += slices.Max(counts)
+	}
+	return float64(sum) / float64(trials) / (float64(total) / float64(n))
 }
 
 // clkTck is USER_HZ, the unit of /proc/<pid>/stat times: 100 on every

@@ -134,3 +134,17 @@ func TestHollowRuntimeSample(t *testing.T) {
 		t.Errorf("mean run time %v, want about 100ms", mean)
 	}
 }
+
+// Uniformly random placement: near 1 with many calls per node, about 2
+// with a few.
+func TestUniformSpread(t *testing.T) {
+	if got := uniformSpread(100*1000, 100, 5); got < 1 || got > 1.2 {
+		t.Errorf("1000 calls per node: %.2f, want 1-1.2", got)
+	}
+	if got := uniformSpread(900, 100, 20); got < 1.6 || got > 2.6 {
+		t.Errorf("9 calls per node: %.2f, want about 2", got)
+	}
+	if got := uniformSpread(0, 100, 5); got != 0 {
+		t.Errorf("no calls: %.2f", got)
+	}
+}
