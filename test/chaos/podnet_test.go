@@ -8,6 +8,7 @@ import (
 	"time"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/internal/testenv"
 	"github.com/fnlet/fnlet/internal/testenv/calls"
 	"github.com/fnlet/fnlet/internal/testenv/cninet"
 )
@@ -34,14 +35,7 @@ func TestPodNetworkUnderFaults(t *testing.T) {
 	ns := newNamespace(t, "podnet")
 	o := observe(t, ns)
 
-	faults := []struct {
-		name   string
-		inject func()
-	}{
-		{"manager SIGKILL", func() { m.Kill9(); time.Sleep(randDur(0, time.Second)); m.Restart() }},
-		{"containerd SIGKILL", func() { killContainerd(t); time.Sleep(randDur(2*time.Second, 4*time.Second)); startContainerd(t) }},
-		{"manager SIGKILL", func() { m.Kill9(); time.Sleep(randDur(0, time.Second)); m.Restart() }},
-	}
+	faults := killFaults(t, m)
 	var names []string
 	want := map[string]calls.Outcome{}
 	var at []string
@@ -87,22 +81,16 @@ func TestPodNetworkUnderFaults(t *testing.T) {
 	}
 	lk := leaks(t, uidsOf(o, names), m.logDir)
 
-	// The network, counted: nothing polls less than the bridge's own state,
-	// and no event says a teardown happened, so this polls.
+	// The network, counted: no event says a teardown or refill happened,
+	// so this polls the bridge's own state.
 	warm := cninet.Leaks{Addresses: ahead, Veths: ahead, Chains: ahead, Pins: ahead}
-	var got cninet.Leaks
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		var err error
-		if got, err = cni.Count(); err != nil {
-			t.Fatal(err)
+	testenv.Eventually(t, 30*time.Second, 200*time.Millisecond, "with every call final, only the namespaces attached ahead", func() error {
+		got, err := cni.Count()
+		if err == nil && got != warm {
+			err = fmt.Errorf("%s (want %s)", got, warm)
 		}
-		if got == warm || time.Now().After(deadline) {
-			break
-		}
-	}
-	if got != warm {
-		lk = append(lk, fmt.Sprintf("with every call final: %s (want %s: the namespaces attached ahead)", got, warm))
-	}
+		return err
+	})
 	m.Stop()
 	if got, err := cni.Count(); err != nil {
 		t.Fatal(err)

@@ -100,14 +100,7 @@ func TestPoolUnderFaults(t *testing.T) {
 		t.Fatalf("pool not full after 60s: %+v", e)
 	}
 
-	faults := []struct {
-		name   string
-		inject func()
-	}{
-		{"manager SIGKILL", func() { m.Kill9(); time.Sleep(randDur(0, time.Second)); m.Restart() }},
-		{"containerd SIGKILL", func() { killContainerd(t); time.Sleep(randDur(2*time.Second, 4*time.Second)); startContainerd(t) }},
-		{"manager SIGKILL", func() { m.Kill9(); time.Sleep(randDur(0, time.Second)); m.Restart() }},
-	}
+	faults := killFaults(t, m)
 	var names []string
 	want := map[string]calls.Outcome{}
 	seenWarm := map[string]bool{} // every pre-started container seen, for the leak check
@@ -310,4 +303,22 @@ func orphanWarmShim(leak string) bool {
 		}
 	}
 	return true
+}
+
+// fault is one fault a row injects between waves of calls.
+type fault struct {
+	name   string
+	inject func()
+}
+
+// killFaults are rows 1p's and 2p's faults, in order: the manager
+// SIGKILLed, containerd SIGKILLed, the manager again. Each stays down a
+// random while (the down time is the fault, not a wait for a signal).
+func killFaults(t *testing.T, m *manager) []fault {
+	killManager := func() { m.Kill9(); time.Sleep(randDur(0, time.Second)); m.Restart() }
+	return []fault{
+		{"manager SIGKILL", killManager},
+		{"containerd SIGKILL", func() { killContainerd(t); time.Sleep(randDur(2*time.Second, 4*time.Second)); startContainerd(t) }},
+		{"manager SIGKILL", killManager},
+	}
 }
