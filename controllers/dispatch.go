@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -137,6 +138,83 @@ func offerTurn(fc *fnletv1.FunctionCall, self string, p placement, k int, now ti
 		t.offerTo = target
 	}
 	return t
+}
+
+// spread balances the calls a dispatcher places: of the first
+// spreadChoices nodes ranked for a new call, it offers the call to the one
+// it has given fewer calls lately (the "power of d choices"). Rendezvous
+// order alone places calls uniformly at random, so the busiest node runs
+// about twice the mean at a few calls per node (measured by make scale);
+// choosing the lightest of a few bounds that gap. Each dispatcher counts
+// only the calls it places, so no state is shared and no write is added.
+// Counts decay (spreadDecay) so a node that came back recently, or a load
+// of the past, does not weigh for ever. Zero value ready; safe for
+// concurrent use.
+type spread struct {
+	mu    sync.Mutex
+	given map[string]decayed
+}
+
+type decayed struct {
+	n  float64
+	at time.Time
+}
+
+// spreadChoices is how many of the first ranked nodes a dispatcher
+// chooses from: two already bound the gap for one dispatcher; three keep
+// it bounded when several dispatchers each balance only their share.
+const spreadChoices = 3
+
+// spreadDecay is the time constant of the placed-call counts.
+const spreadDecay = time.Minute
+
+func (d decayed) value(now time.Time) float64 {
+	if dt := now.Sub(d.at); dt > 0 {
+		return d.n * math.Exp(-float64(dt)/float64(spreadDecay))
+	}
+	return d.n
+}
+
+// choose reorders order (the nodes that fit a new call, in rendezvous
+// order) so that its first node is the lightest of its first
+// spreadChoices. Ties keep the rendezvous order.
+func (s *spread) choose(order []string, now time.Time) []string {
+	n := min(len(order), spreadChoices)
+	if n < 2 {
+		return order
+	}
+	best, least := 0, 0.0
+	s.mu.Lock()
+	for i, node := range order[:n] {
+		if v := s.given[node].value(now); i == 0 || v < least {
+			best, least = i, v
+		}
+	}
+	s.mu.Unlock()
+	if best == 0 {
+		return order
+	}
+	out := slices.Clone(order)
+	out[0], out[best] = out[best], out[0]
+	return out
+}
+
+// gave counts a call placed on node.
+func (s *spread) gave(node string, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.given == nil {
+		s.given = map[string]decayed{}
+	}
+	s.given[node] = decayed{n: s.given[node].value(now) + 1, at: now}
+	if len(s.given) > 4096 {
+		// Nodes that left: drop those whose count has decayed away.
+		for k, v := range s.given {
+			if v.value(now) < 0.01 {
+				delete(s.given, k)
+			}
+		}
+	}
 }
 
 // writeLatency is a moving average of how long this node's claim and

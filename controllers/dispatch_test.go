@@ -238,3 +238,84 @@ func TestUnitReconcileOffers(t *testing.T) {
 		}
 	})
 }
+
+func TestUnitSpreadChoose(t *testing.T) {
+	now := time.Unix(1000, 0)
+	order := []string{"a", "b", "c", "d"}
+	cases := []struct {
+		name  string
+		given map[string]int // calls given to each node, at now
+		at    time.Time
+		want  []string
+	}{
+		{"no history: rendezvous order", nil, now, order},
+		{"tie: rendezvous order", map[string]int{"a": 2, "b": 2, "c": 2}, now, order},
+		{"first is heavier: the lightest goes first", map[string]int{"a": 3, "b": 1}, now, []string{"c", "b", "a", "d"}},
+		{"second lightest of the three", map[string]int{"a": 3, "b": 1, "c": 2}, now, []string{"b", "a", "c", "d"}},
+		{"only the first three count", map[string]int{"a": 1, "b": 2, "c": 2}, now, order},
+		{"decayed counts still compare", map[string]int{"a": 3, "b": 1, "c": 2}, now.Add(10 * spreadDecay), []string{"b", "a", "c", "d"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var s spread
+			for n, k := range tc.given {
+				for range k {
+					s.gave(n, now)
+				}
+			}
+			if got := s.choose(order, tc.at); !slices.Equal(got, tc.want) {
+				t.Errorf("choose = %v, want %v", got, tc.want)
+			}
+			if !slices.Equal(order, []string{"a", "b", "c", "d"}) {
+				t.Errorf("choose changed its argument: %v", order)
+			}
+		})
+	}
+	if got := (&spread{}).choose([]string{"a"}, now); !slices.Equal(got, []string{"a"}) {
+		t.Errorf("one node: %v", got)
+	}
+}
+
+// TestUnitSpreadBalances places 9 calls per node on 100 nodes, as make
+// scale does, by rendezvous order alone and with spread (three dispatchers,
+// each balancing the calls it is first for): the busiest node's load over
+// the mean must fall from about 2 to at most 1.5 (the bound).
+func TestUnitSpreadBalances(t *testing.T) {
+	var names []string
+	for i := range 100 {
+		names = append(names, fmt.Sprintf("node-%d", i))
+	}
+	const calls = 900
+	maxOverMean := func(count map[string]int) float64 {
+		m := 0
+		for _, c := range count {
+			m = max(m, c)
+		}
+		return float64(m) * float64(len(names)) / calls
+	}
+	now := time.Unix(1000, 0)
+	plain, spreadCount := map[string]int{}, map[string]int{}
+	ds := dispatchers(names, DefaultDispatchers)
+	byDispatcher := map[string]*spread{}
+	for _, d := range ds {
+		byDispatcher[d] = &spread{}
+	}
+	for i := range calls {
+		uid := fmt.Sprintf("call-%d", i)
+		order := rendezvous(uid, names)
+		plain[order[0]]++
+		s := byDispatcher[rendezvous(uid, ds)[0]]
+		n := s.choose(order, now)[0]
+		s.gave(n, now)
+		spreadCount[n]++
+		now = now.Add(50 * time.Millisecond) // 20 calls/s
+	}
+	p, sp := maxOverMean(plain), maxOverMean(spreadCount)
+	t.Logf("busiest node / mean: rendezvous alone %.2f, with spread %.2f", p, sp)
+	if sp > 1.5 {
+		t.Errorf("with spread the busiest node runs %.2f× the mean, want <= 1.5", sp)
+	}
+	if sp >= p {
+		t.Errorf("spread (%.2f) no better than rendezvous alone (%.2f)", sp, p)
+	}
+}

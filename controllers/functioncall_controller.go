@@ -92,6 +92,7 @@ type FunctionCallReconciler struct {
 
 	calls  tracker
 	writes writeLatency
+	spread spread
 }
 
 // DefaultRunningWriteDelay: most function calls are short; a call that runs
@@ -311,8 +312,18 @@ func (r *FunctionCallReconciler) claimTurn(ctx context.Context, fc *fnletv1.Func
 		// Re-checked now and then: the message counts the live nodes.
 		return turn{wait: unschedulableRecheck}, r.reportUnschedulable(ctx, fc, p.unschedulable)
 	case offers:
+		if fc.Labels[OfferLabel] == "" {
+			p.order = r.spread.choose(p.order, now)
+		}
 		since := func() time.Time { return r.calls.waitingSince(fc, now) }
-		return offerTurn(fc, r.NodeName, p, r.Dispatchers, now, since, stagger, r.writes.atLeast(offerTimeout, 10)), nil
+		t := offerTurn(fc, r.NodeName, p, r.Dispatchers, now, since, stagger, r.writes.atLeast(offerTimeout, 10))
+		switch {
+		case t.offerTo != "":
+			r.spread.gave(t.offerTo, now)
+		case t.claim && fc.Labels[OfferLabel] == "":
+			r.spread.gave(r.NodeName, now)
+		}
+		return t, nil
 	case p.rank < 0:
 		return turn{}, nil // another node's to take
 	case p.rank == 0, r.ClaimStagger < 0:
