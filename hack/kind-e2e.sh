@@ -34,6 +34,7 @@ set -euo pipefail
 CLUSTER=${KIND_CLUSTER_NAME:-fnlet-kind}
 KUBECTL=${KUBECTL:-}
 TESTFN_TAR=$FNLET_CACHE/images/testfn-v1.tar # what hack/build-images.sh writes
+BUSYBOX_TAR=$FNLET_CACHE/images/busybox-v1.tar # the volume sample's image
 DEPLOY=${FNLET_KIND_DEPLOY:-config/kind}     # the kustomization applied
 KIND_RUN=$FNLET_RUN/kind-e2e                 # kubeconfig, generated overlay, test log
 T0=$SECONDS
@@ -160,8 +161,8 @@ cluster_up() {
 build_images() {
 	manager_tar=$("$FNLET_ROOT/hack/build-manager-image.sh" | tail -1)
 	"$FNLET_ROOT/hack/build-images.sh" --build-only >/dev/null
-	if [ ! -s "$manager_tar" ] || [ ! -s "$TESTFN_TAR" ]; then
-		die "image tarballs missing: $manager_tar $TESTFN_TAR"
+	if [ ! -s "$manager_tar" ] || [ ! -s "$TESTFN_TAR" ] || [ ! -s "$BUSYBOX_TAR" ]; then
+		die "image tarballs missing: $manager_tar $TESTFN_TAR $BUSYBOX_TAR"
 	fi
 }
 
@@ -170,10 +171,11 @@ load_images() {
 	"$KIND" load image-archive "$manager_tar" --name "$CLUSTER"
 	"$KIND" load image-archive "$TESTFN_TAR" --name "$CLUSTER"
 	# The calls run in fnlet's own containerd namespace, which kind does
-	# not load into.
+	# not load into: the test function and the samples' busybox go there.
 	mapfile -t nodes < <("$KIND" get nodes --name "$CLUSTER")
 	for node in "${nodes[@]}"; do
 		docker exec -i "$node" ctr -n fnlet images import - <"$TESTFN_TAR" >/dev/null
+		docker exec -i "$node" ctr -n fnlet images import - <"$BUSYBOX_TAR" >/dev/null
 	done
 }
 
