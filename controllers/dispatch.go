@@ -349,6 +349,13 @@ func (w *DispatchWatch) start(ctx context.Context) (chan struct{}, error) {
 	if err != nil {
 		return nil, err
 	}
+	// synced closes once Get reads from c. The initial list's events come
+	// before that: sent at once, their reconcile would read NotFound and
+	// drop a call that nothing changes again (seen as a call never claimed
+	// when it was created just as the node became a dispatcher). Handlers
+	// run on the informer's own listener goroutine, so holding them back
+	// does not hold back the sync.
+	synced := make(chan struct{})
 	send := func(obj any) {
 		if w.OnEvent != nil {
 			w.OnEvent()
@@ -356,6 +363,11 @@ func (w *DispatchWatch) start(ctx context.Context) (chan struct{}, error) {
 		fc, ok := obj.(*fnletv1.FunctionCall)
 		if !ok {
 			return // a delete: claimed or gone, nothing to dispatch
+		}
+		select {
+		case <-synced:
+		case <-ctx.Done():
+			return
 		}
 		select {
 		case w.Out <- event.GenericEvent{Object: fc}:
@@ -385,6 +397,7 @@ func (w *DispatchWatch) start(ctx context.Context) (chan struct{}, error) {
 			w.mu.Lock()
 			if ctx.Err() == nil {
 				w.cur = c
+				close(synced)
 			}
 			w.mu.Unlock()
 		}

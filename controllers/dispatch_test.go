@@ -1,13 +1,19 @@
 package controllers
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 	utiltesting "github.com/fnlet/fnlet/internal/testing"
@@ -318,4 +324,92 @@ func TestUnitSpreadBalances(t *testing.T) {
 	if sp >= p {
 		t.Errorf("spread (%.2f) no better than rendezvous alone (%.2f)", sp, p)
 	}
+}
+
+// TestUnitDispatchWatchSendsOnlyWhatGetReads: an event of the watch's
+// initial list must not reach the reconciler before Get can read its call
+// (a reconcile that read NotFound dropped the call for good).
+func TestUnitDispatchWatchSendsOnlyWhatGetReads(t *testing.T) {
+	fc := utiltesting.MakeFunctionCall("early", "ns").Obj()
+	c := &gatedCache{inf: &handlerInformer{handlers: make(chan toolscache.ResourceEventHandler, 1)}, synced: make(chan struct{}), obj: fc}
+	out := make(chan event.GenericEvent, 1)
+	w := &DispatchWatch{Nodes: noNodes{}, Self: "a", Dispatchers: 3, Interval: time.Hour, Clock: clock.RealClock{},
+		NewCache: func() (cache.Cache, error) { return c, nil }, Out: out}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		_ = w.Start(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-stopped
+	}()
+	h := <-c.inf.handlers
+	go h.OnAdd(fc, true) // as the initial list does, before the cache syncs
+
+	readable := func(ev event.GenericEvent) {
+		t.Helper()
+		var got fnletv1.FunctionCall
+		if err := w.Get(ctx, client.ObjectKeyFromObject(ev.Object), &got); err != nil {
+			t.Fatalf("event for %s sent, but Get says: %v", ev.Object.GetName(), err)
+		}
+	}
+	select {
+	case ev := <-out:
+		readable(ev) // early is fine only if Get already reads it
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(c.synced)
+	select {
+	case ev := <-out:
+		readable(ev)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event for the call after the cache synced")
+	}
+}
+
+type noNodes struct{}
+
+func (noNodes) Nodes(context.Context) ([]Node, error) { return nil, nil }
+
+// gatedCache syncs when synced closes and reads obj for any key.
+type gatedCache struct {
+	cache.Cache // nil: only the methods below are used
+	inf         *handlerInformer
+	synced      chan struct{}
+	obj         *fnletv1.FunctionCall
+}
+
+func (c *gatedCache) GetInformer(context.Context, client.Object, ...cache.InformerGetOption) (cache.Informer, error) {
+	return c.inf, nil
+}
+
+func (c *gatedCache) Start(ctx context.Context) error {
+	<-ctx.Done()
+	return nil
+}
+
+func (c *gatedCache) WaitForCacheSync(ctx context.Context) bool {
+	select {
+	case <-c.synced:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (c *gatedCache) Get(_ context.Context, _ client.ObjectKey, obj client.Object, _ ...client.GetOption) error {
+	c.obj.DeepCopyInto(obj.(*fnletv1.FunctionCall))
+	return nil
+}
+
+type handlerInformer struct {
+	cache.Informer // nil: only AddEventHandler is used
+	handlers       chan toolscache.ResourceEventHandler
+}
+
+func (i *handlerInformer) AddEventHandler(h toolscache.ResourceEventHandler) (toolscache.ResourceEventHandlerRegistration, error) {
+	i.handlers <- h
+	return nil, nil
 }

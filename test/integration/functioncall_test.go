@@ -304,6 +304,26 @@ func TestTwoManagersRaceExactlyOnce(t *testing.T) {
 	b.Stop()
 }
 
+// TestCallsWaitingBeforeManagerStarts: calls created before any manager
+// runs reach the new manager in its watch's initial list, before that
+// watch has synced. Each must still be claimed and run: a reconcile that
+// read the not-yet-synced watch as NotFound dropped the call for good
+// (the CI flake of a call never claimed after a manager start).
+func TestCallsWaitingBeforeManagerStarts(t *testing.T) {
+	requireEnv(t)
+	ns := newNamespace(t)
+	keys := make([]types.NamespacedName, 5)
+	for i := range keys {
+		keys[i] = create(t, call(fmt.Sprintf("early-%d", i), ns, "").Args("-stdout-text", "ok").Obj())
+	}
+	m := startManager(t, "node-late", t.TempDir())
+	for _, key := range keys {
+		fc := waitFinished(t, key, 30*time.Second)
+		expectOutcome(t, fc, fnletv1.PhaseSucceeded, fnletv1.ReasonCompleted, i32(0))
+	}
+	m.Stop()
+}
+
 // TestManagerKilledMidCall: kill -9 the manager while a call runs; a new
 // manager for the node finishes the call with its status and output.
 func TestManagerKilledMidCall(t *testing.T) {
