@@ -127,6 +127,30 @@ func TestWarmCallIsTheCall(t *testing.T) {
 	}
 }
 
+// TestWarmCallThatBeganColdLeavesNoLease: a cold Run cut short by
+// containerd dying leaves the call's own lease; when the retry runs the
+// call in a pre-started container, deleting the call removes that lease
+// too (chaos row 1p found it left behind).
+func TestWarmCallThatBeganColdLeavesNoLease(t *testing.T) {
+	rt := newTestRuntime(t, "")
+	c, rctx := rawClient(t)
+	mustPrestart(t, rt, testPool())
+	call := warmCall(t, "-stdout-text", "warm")
+	own := ContainerID(call.UID)
+	if _, err := c.LeasesService().Create(rctx, leases.WithID(own)); err != nil { // what the cut-short Run made
+		t.Fatal(err)
+	}
+	runWarm(t, rt, call)
+	if s := waitExit(t, rt, call.UID); s.ContainerID == own {
+		t.Fatalf("ran cold in %s, want a pre-started container", own)
+	}
+	mustDelete(t, rt, call.UID)
+	ls, err := c.LeasesService().List(rctx, "id=="+own)
+	if err != nil || len(ls) != 0 {
+		t.Fatalf("the call's own lease after Delete: %v, %v", ls, err)
+	}
+}
+
 // assertNoWarmLeft: no pre-started container, task, snapshot or lease.
 func assertNoWarmLeft(t testing.TB) {
 	t.Helper()
