@@ -167,15 +167,16 @@ build_images() {
 }
 
 load_images() {
-	local node nodes
+	local node nodes tar
 	"$KIND" load image-archive "$manager_tar" --name "$CLUSTER"
 	"$KIND" load image-archive "$TESTFN_TAR" --name "$CLUSTER"
 	# The calls run in fnlet's own containerd namespace, which kind does
 	# not load into: the test function and the samples' busybox go there.
 	mapfile -t nodes < <("$KIND" get nodes --name "$CLUSTER")
 	for node in "${nodes[@]}"; do
-		docker exec -i "$node" ctr -n fnlet images import - <"$TESTFN_TAR" >/dev/null
-		docker exec -i "$node" ctr -n fnlet images import - <"$BUSYBOX_TAR" >/dev/null
+		for tar in "$TESTFN_TAR" "$BUSYBOX_TAR"; do
+			docker exec -i "$node" ctr -n fnlet images import - <"$tar" >/dev/null
+		done
 	done
 }
 
