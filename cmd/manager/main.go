@@ -56,6 +56,7 @@ type options struct {
 	metricsSecure                                                bool
 	pools                                                        bool
 	poolRefill                                                   float64
+	refillCgroup                                                 string
 	metricsCertDir                                               string
 	logAPIAddr, logAPICertDir, logAPIAdvertise, logAPIPeerCA     string
 	cniConfDir, cniBinDirs, netnsDir, callResolvConf             string
@@ -113,6 +114,7 @@ func main() {
 	flag.IntVar(&o.dispatchers, "dispatchers", controllers.DefaultDispatchers, "With more live fnlet nodes than this, only this many nodes (the dispatchers, chosen from the Leases) watch every unassigned call and offer each to the node ranked first for it; the others watch only the calls offered to them. 0: every node watches every unassigned call.")
 	flag.BoolVar(&o.pools, "pools", true, "Serve FunctionPools: keep their pre-started containers on this node and run fitting calls in them (needs fnlet-init).")
 	flag.Float64Var(&o.poolRefill, "pool-refill-rate", 5, "Most pre-started containers this node starts per second, all pools together.")
+	flag.StringVar(&o.refillCgroup, "refill-cgroup", "/fnlet-refill", "Cgroup (a path from the root of the host's hierarchy) made with a low CPU weight, which the shims and runc of pre-starts join, so that refill yields the CPU to running calls; needs write access to the host's cgroupfs, else refill runs at containerd's priority (logged). Empty: not used.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -200,6 +202,9 @@ func run(ctx context.Context, o options) error {
 		ctrd.WithAllowHostNetwork(o.allowHostNetwork), ctrd.WithAllowPrivileged(o.allowPrivileged),
 		ctrd.WithRegistryHostsDir(o.registryHostsDir),
 	}
+	if o.pools {
+		rtOpts = append(rtOpts, ctrd.WithRefillCgroup(o.refillCgroup))
+	}
 	if o.cniConfDir != "" {
 		rtOpts = append(rtOpts, ctrd.WithPodNetwork(o.cniConfDir, strings.Split(o.cniBinDirs, ","), o.netnsDir, o.callResolvConf),
 			ctrd.WithPodNetworkPool(o.podNetworkPool))
@@ -235,6 +240,9 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer rt.Close()
+	if _, err := rt.RefillCgroup(); err != nil {
+		log.Info("WARNING: pre-starts run at containerd's CPU priority, not below running calls", "flag", "--refill-cgroup", "reason", err.Error())
+	}
 
 	cfg := ctrl.GetConfigOrDie()
 	managerUser := whoAmI(ctx, cfg)

@@ -126,12 +126,17 @@ func (r *Runtime) createContainer(ctx context.Context, id string, labels map[str
 	r.leased[id] = true
 	r.mu.Unlock()
 	lctx := leases.WithLease(ctx, id)
+	runcOpts := &options.Options{BinaryName: r.runtime}
+	if labels[LabelPool] != "" {
+		// A pre-start: its shim and runc yield the CPU (refill.go).
+		runcOpts.ShimCgroup = r.refillCgroup
+	}
 	for attempt := 0; ; attempt++ {
 		c, err := r.client.NewContainer(lctx, id,
 			client.WithNewSnapshot(id, ci.img),
 			client.WithNewSpec(opts...),
 			client.WithContainerLabels(labels),
-			client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: r.runtime}),
+			client.WithRuntime("io.containerd.runc.v2", runcOpts),
 		)
 		if err == nil {
 			h := newHandle(id, refFromLabels(labels), c, limit)

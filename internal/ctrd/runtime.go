@@ -65,6 +65,10 @@ type Runtime struct {
 	// copy under ioRoot that containers bind-mount ("" runs calls without).
 	initSource string
 	initBinary string
+	// refillCgroup is the cgroup the shims of pre-starts join
+	// (WithRefillCgroup); refillErr says why not, when New could not make it.
+	refillCgroup string
+	refillErr    error
 
 	// bg outlives single requests (stdin feeders, kill timers); Close ends it.
 	bg     context.Context
@@ -222,6 +226,11 @@ func New(address string, opts ...Opt) (*Runtime, error) {
 			return nil, err
 		}
 		r.initBinary = bin
+	}
+	if r.refillCgroup != "" {
+		if err := makeRefillCgroup(r.refillCgroup); err != nil {
+			r.refillCgroup, r.refillErr = "", err
+		}
 	}
 	c, err := client.New(address, client.WithDefaultNamespace(r.namespace))
 	if err != nil {

@@ -299,6 +299,7 @@ type result struct {
 	Throughput []*loadRun    `json:"throughput,omitempty"`
 	Manager    *managerStats `json:"manager,omitempty"`
 	Refill     *refillStats  `json:"refill,omitempty"`
+	Yield      *refillYield  `json:"refillYield,omitempty"`
 	Warm       *warmStats    `json:"warm,omitempty"`
 	Writes     *writeStats   `json:"writes,omitempty"`
 	Logs       *logRun       `json:"logs,omitempty"`
@@ -360,6 +361,10 @@ func run(ctx context.Context, cfg config, out, cpuProfile string) (err error) {
 		fmt.Fprintf(os.Stderr, "refill capacity: pre-starting %d containers one at a time, then %d two at a time\n", cfg.RefillN, cfg.RefillN)
 		if res.Refill, err = measureRefill(ctx, cfg, cfg.RefillN); err != nil {
 			return fmt.Errorf("refill capacity: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "refill beside a running call: a call busy on every CPU for %s, alone, then beside pre-starts\n", yieldSpin)
+		if res.Yield, err = measureRefillYield(ctx, cfg, yieldSpin); err != nil {
+			return fmt.Errorf("refill beside a running call: %w", err)
 		}
 	}
 	if cfg.hasFnlet() || cfg.has("pod") {

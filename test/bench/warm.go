@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -239,6 +240,20 @@ func reportWarm(w io.Writer, res *result, all map[string]stats, goals *[]string)
 		fmt.Fprintf(w, "  %d at a time: %.1f containers/s; machine %.0f CPU-ms each (removing %d took %s)\n",
 			r.Parallel, r.ParallelRate, r.ParallelCPU, r.N, r.DrainNs.Round(time.Millisecond))
 	}
+	if y := res.Yield; y != nil {
+		fmt.Fprintf(w, "\nrefill beside a running call (a call busy on all %d CPUs for %s; its share of the machine's CPU):\n", y.CPUs, y.Spin)
+		fmt.Fprintf(w, "  alone: %.0f%%\n", 100*y.Alone)
+		for _, wy := range y.Ways {
+			fmt.Fprintf(w, "  beside pre-starts two at a time, %s: %.0f%% (%d pre-starts done meanwhile, %.1f/s)\n", wy.Name, 100*wy.Share, wy.Prestarts, wy.Rate)
+			if wy.Name == "refill cgroup" && y.Alone > 0 {
+				*goals = append(*goals, verdict("refill does not slow running calls: busy call's CPU share beside refill >= 90% of alone",
+					wy.Share >= 0.9*y.Alone, fmt.Sprintf("%.0f%% of alone", 100*wy.Share/y.Alone)))
+			}
+		}
+		if y.Note != "" {
+			fmt.Fprintf(w, "  refill cgroup not measured: %s\n", y.Note)
+		}
+	}
 	ws := res.Warm
 	if ws == nil {
 		return
@@ -299,4 +314,138 @@ func reportWarm(w io.Writer, res *result, all map[string]stats, goals *[]string)
 		*goals = append(*goals, verdict(fmt.Sprintf("hit rate 100%% at a steady %.1f calls/s (refill %s; manager pacing %.1f/s)", ws.PacedRate, capacity, res.Config.PoolRefillRate),
 			calls > 0 && hits == calls && ws.Paced.Errors == 0, got))
 	}
+}
+
+// refillYield is what refill takes from a running call: a call busy on
+// every CPU for a fixed time, alone, then while pre-starts run beside it
+// two at a time (as fast as they go: the worst case), once at containerd's
+// priority and once in the low-weight refill cgroup (--refill-cgroup).
+type refillYield struct {
+	Spin  time.Duration `json:"spinNs"`
+	CPUs  int           `json:"cpus"`
+	Alone float64       `json:"aloneShare"` // the call's CPU / (CPUs × spin)
+	Ways  []yieldWay    `json:"ways"`
+	Note  string        `json:"note,omitempty"` // why a way is missing
+}
+
+type yieldWay struct {
+	Name      string  `json:"name"`
+	Share     float64 `json:"share"`     // the call's CPU share beside refill
+	Prestarts int     `json:"prestarts"` // done while the call ran
+	Rate      float64 `json:"perSecond"`
+}
+
+// yieldSpin is how long the busy call of the yield measurement runs.
+const yieldSpin = 6 * time.Second
+
+// refillTestCgroup is the refill cgroup of the yield measurement: the
+// manager's default (--refill-cgroup), so that the benchmark leaves no
+// other cgroup on the host.
+const refillTestCgroup = "/fnlet-refill"
+
+// measureRefillYield runs the yield measurement (see refillYield).
+func measureRefillYield(ctx context.Context, cfg config, spin time.Duration) (*refillYield, error) {
+	y := &refillYield{Spin: spin, CPUs: numCPU()}
+	share, _, err := spinBeside(ctx, cfg, spin, nil)
+	if err != nil {
+		return nil, fmt.Errorf("alone: %w", err)
+	}
+	y.Alone = share
+	for _, way := range []struct {
+		name string
+		opts []ctrd.Opt
+	}{
+		{"containerd's priority", nil},
+		{"refill cgroup", []ctrd.Opt{ctrd.WithRefillCgroup(refillTestCgroup)}},
+	} {
+		opts := way.opts
+		if opts == nil {
+			opts = []ctrd.Opt{} // refill beside, without the cgroup
+		}
+		share, n, err := spinBeside(ctx, cfg, spin, opts)
+		if errors.Is(err, errNoRefillCgroup) {
+			y.Note = err.Error()
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", way.name, err)
+		}
+		y.Ways = append(y.Ways, yieldWay{Name: way.name, Share: share, Prestarts: n, Rate: float64(n) / spin.Seconds()})
+	}
+	return y, nil
+}
+
+var errNoRefillCgroup = errors.New("no refill cgroup")
+
+// spinBeside runs the busy call; with refill non-nil, pre-starts go on
+// beside it, two at a time, on a runtime made with those options, until it
+// ends. It returns the call's share of the machine's CPU and the number of
+// pre-starts done.
+func spinBeside(ctx context.Context, cfg config, spin time.Duration, refill []ctrd.Opt) (float64, int, error) {
+	cw, err := newCtrdWay(ctx, cfg, refill...)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer cw.close()
+	rt := cw.rt
+	if len(refill) > 0 {
+		if _, err := rt.RefillCgroup(); err != nil {
+			return 0, 0, fmt.Errorf("%w: %v", errNoRefillCgroup, err)
+		}
+	}
+	if _, err := rt.EnsureImage(ctx, cfg.Image, ctrd.PullIfNotPresent, nil); err != nil {
+		return 0, 0, err
+	}
+	spec := ctrd.WarmSpec{Pool: "bench-yield", Image: cfg.Image}
+	var ids []string
+	var mu sync.Mutex
+	defer func() {
+		for _, id := range ids {
+			_ = rt.DeleteWarm(context.WithoutCancel(ctx), id)
+		}
+	}()
+	uid := fmt.Sprintf("bench-spin-%d", time.Now().UnixNano())
+	call := ctrd.Call{UID: uid, Namespace: "bench", Name: "bench-spin", Image: cfg.Image,
+		Args: []string{"-spin", spin.String(), "-spin-procs", fmt.Sprint(numCPU())}}
+	if _, err := rt.Run(ctx, call); err != nil {
+		_ = rt.Delete(context.WithoutCancel(ctx), uid)
+		return 0, 0, err
+	}
+	defer func() { _ = rt.Delete(context.WithoutCancel(ctx), uid) }()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	if refill != nil {
+		for range 2 {
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					id, err := rt.Prestart(ctx, spec)
+					if err != nil {
+						return
+					}
+					mu.Lock()
+					ids = append(ids, id)
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	s, err := rt.Wait(ctx, uid)
+	close(stop)
+	mu.Lock()
+	n := len(ids) // those done while the call ran
+	mu.Unlock()
+	wg.Wait()
+	if err != nil {
+		return 0, 0, err
+	}
+	if s.Result == nil || s.Result.ExitCode != 0 {
+		return 0, 0, fmt.Errorf("busy call did not exit 0: %+v", s.Result)
+	}
+	os.RemoveAll(s.LogDir)
+	return s.Result.Usage.CPU.Seconds() / (float64(numCPU()) * spin.Seconds()), n, nil
 }
