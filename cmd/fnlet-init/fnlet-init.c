@@ -2,7 +2,8 @@
  * fnlet-init is PID 1 of every call's container: it runs the call's program
  * as its child, reaps orphans, and when the program ends writes its exit
  * code to /dev/.fnlet/exit (a file of the call's directory on the node,
- * bind-mounted by the runtime) before exiting with that code itself.
+ * bind-mounted by the runtime) before exiting with that code itself; it
+ * marks that file "-" when it starts (see began).
  *
  * Why: containerd, restarted after a task ended, discards the shim of a
  * task that has no processes left, exit status included. The file keeps the
@@ -46,6 +47,22 @@
 #define CTL_STDIN "/dev/.fnlet/ctl/stdin"
 /* A call's argv and env are bounded by the apiserver's object size. */
 #define CALL_MAX (4 << 20)
+
+/*
+ * began marks the exit file "-\n" (not an exit code) as this init's first
+ * act: a task that stopped with the file still empty never ran the
+ * program. runc's init dies before exec'ing us when "runc start" is cut
+ * short ("write exec fifo: broken pipe"), and the runtime then runs the
+ * call again instead of reporting runc's error as the call's.
+ */
+static void began(void) {
+	int fd = open(EXIT_FILE, O_WRONLY | O_TRUNC | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	if (write(fd, "-\n", 2) != 2)
+		fprintf(stderr, "fnlet-init: mark start: %s\n", strerror(errno));
+	close(fd);
+}
 
 static void record(int code) {
 	char buf[16];
@@ -133,6 +150,7 @@ int main(int argc, char **argv) {
 	}
 	sigfillset(&all);
 	sigprocmask(SIG_BLOCK, &all, &orig);
+	began();
 	if (strcmp(argv[1], "--warm") == 0 && wait_call(&warm) < 0) {
 		record(126);
 		return 126;

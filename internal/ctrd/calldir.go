@@ -29,8 +29,9 @@ import (
 //	                outlive the container, for PruneLogs' retention.
 //	exit-code       with fnlet-init only: created empty and world-writable
 //	                (the bind mount keeps its mode, and the call may run as
-//	                any user); fnlet-init writes "<code>\n" when the program
-//	                exits.
+//	                any user); fnlet-init writes "-\n" when it starts and
+//	                "<code>\n" when the program exits. Empty while the task
+//	                has stopped means the program never ran (initBegan).
 //	started-at      the RFC 3339 time of Task.Start, written before Start is
 //	                asked for and removed by Delete. Present while the task
 //	                is missing means containerd discarded a started task.
@@ -230,6 +231,13 @@ func readTail(path string, max int) (Tail, error) {
 }
 
 // exitRecord is what fnlet-init recorded (see readExitFile).
+// initBegan says whether fnlet-init started in this attempt's task: it
+// marks the exit file first thing (see fnlet-init's began).
+func (d callDir) initBegan() bool {
+	fi, err := os.Stat(d.file(exitFile))
+	return err == nil && fi.Size() > 0
+}
+
 func (d callDir) exitRecord() (code int32, at time.Time, ok bool) {
 	return readExitFile(d.file(exitFile))
 }

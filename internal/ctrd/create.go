@@ -188,6 +188,38 @@ func (r *Runtime) resume(ctx context.Context, h *callHandle, call Call) (State, 
 		if err := r.start(ctx, h); err != nil {
 			return State{}, err
 		}
+	} else if err == nil && st.Status == client.Stopped && r.neverRan(h) {
+		return r.runAgain(ctx, h, call)
+	}
+	return r.state(ctx, h)
+}
+
+// neverRan says whether the stopped task of a call's own container never
+// ran the program: fnlet-init marks its exit file first thing, and a task
+// that stopped without that mark died in runc's init, before the exec of
+// fnlet-init. That happens when an earlier Start was cut short inside
+// "runc start" (the manager killed mid-RPC): runc's init gets "write exec
+// fifo: broken pipe" (docs/runtime.md, "Interrupted starts").
+func (r *Runtime) neverRan(h *callHandle) bool {
+	return r.initBinary != "" && h.warm == nil && !r.dir(h.id).initBegan()
+}
+
+// runAgain replaces a stopped task that never ran the program with a new
+// one, under a fresh handle: the old one may hold that task's result
+// already (a Watch resync collects it), and a Result is kept once. The
+// program runs exactly once: the first task never started it.
+func (r *Runtime) runAgain(ctx context.Context, h *callHandle, call Call) (State, error) {
+	if _, err := h.getTask().Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
+		return State{}, wrapErr(err, "delete task %s that never ran", h.id)
+	}
+	r.dropHandle(h.id)
+	h, err := r.load(ctx, h.id)
+	if err != nil {
+		return State{}, err
+	}
+	h.limit = r.limitFor(call)
+	if err := r.startTask(ctx, h, call, true); err != nil {
+		return State{}, err
 	}
 	return r.state(ctx, h)
 }

@@ -179,3 +179,84 @@ func TestStaleBundleErrorKeepsItsReason(t *testing.T) {
 		t.Fatalf("errors.Is(%v, ErrStaleBundle) = false", err)
 	}
 }
+
+// TestResumeStoppedTask: a resumed Run that finds the call's task stopped
+// runs it again only when fnlet-init never began in it (a "runc start"
+// cut short: runc's init died before exec'ing it), and otherwise reports
+// the stopped task. The states are made by running the call, then
+// rewinding its exit file and output as such a task leaves them.
+func TestResumeStoppedTask(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		exitFile  string // as the stopped task left it
+		wantRerun bool
+	}{
+		{name: "init never began", exitFile: "", wantRerun: true},
+		{name: "init began, no exit recorded (killed)", exitFile: "-\n", wantRerun: false},
+		{name: "exit recorded", exitFile: "0\n", wantRerun: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ioRoot := t.TempDir()
+			rt1 := newTestRuntime(t, ioRoot)
+			call := testCall(t, "-stdout-text", "once")
+			ctx := ctxTimeout(t, 60*time.Second)
+			if _, err := rt1.EnsureImage(ctx, call.Image, PullNever, nil); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := rt1.Run(ctx, call); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			t.Cleanup(func() { removeContainer(t, ContainerID(call.UID)) }) // if the test fails
+			if s, err := rt1.Wait(ctx, call.UID); err != nil || string(s.Result.Stdout.Data) != "once\n" {
+				t.Fatalf("first run: %+v, %v", s.Result, err)
+			}
+			rt1.stop() // not deleted: the task stays, stopped
+			d := rt1.dir(ContainerID(call.UID))
+			for name, content := range map[string]string{exitFile: tc.exitFile, stdoutFile: ""} {
+				if err := os.WriteFile(d.file(name), []byte(content), 0o666); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			rt2 := newTestRuntime(t, ioRoot)
+			if _, err := rt2.Run(ctx, call); err != nil {
+				t.Fatalf("resumed Run: %v", err)
+			}
+			s, err := rt2.Wait(ctx, call.UID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			reran := string(s.Result.Stdout.Data) == "once\n"
+			if reran != tc.wantRerun || s.Result.ExitCode != 0 {
+				t.Fatalf("ran again: %v, want %v (result %+v)", reran, tc.wantRerun, s.Result)
+			}
+			mustDelete(t, rt2, call.UID)
+		})
+	}
+}
+
+// TestInitMarksItsStart: fnlet-init marks the exit file while the program
+// runs (what neverRan reads), and replaces the mark with the exit code.
+func TestInitMarksItsStart(t *testing.T) {
+	rt := newTestRuntime(t, "")
+	call := testCall(t, "-sleep", "5s", "-exit", "3")
+	ctx := ctxTimeout(t, 60*time.Second)
+	if _, err := rt.EnsureImage(ctx, call.Image, PullNever, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Run(ctx, call); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	defer mustDelete(t, rt, call.UID)
+	f := rt.dir(ContainerID(call.UID)).file(exitFile)
+	poll(t, 4*time.Second, "the start mark in the exit file while the call runs", func() bool {
+		b, err := os.ReadFile(f)
+		return err == nil && string(b) == "-\n"
+	})
+	if _, err := rt.Wait(ctx, call.UID); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(f); err != nil || string(b) != "3\n" {
+		t.Errorf("exit file after the exit: %q, %v", b, err)
+	}
+}
