@@ -150,6 +150,16 @@ func leftovers(t *testing.T, ids []string) []string {
 			out = append(out, "lease "+l.ID)
 		}
 	}
+	for pid, id := range shimsOf(want) {
+		out = append(out, "shim "+pid+" of "+id)
+	}
+	return out
+}
+
+// shimsOf finds the shim daemons serving the containers in want: their
+// PIDs, each with its container ID.
+func shimsOf(want map[string]bool) map[string]string {
+	found := map[string]string{}
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
@@ -159,11 +169,11 @@ func leftovers(t *testing.T, ids []string) []string {
 		args := strings.Split(string(b), "\x00")
 		for i := 0; i+1 < len(args); i++ {
 			if args[i] == "-id" && want[args[i+1]] && strings.Contains(args[0], "containerd-shim") {
-				out = append(out, "shim "+filepath.Base(filepath.Dir(p))+" of "+args[i+1])
+				found[filepath.Base(filepath.Dir(p))] = args[i+1]
 			}
 		}
 	}
-	return out
+	return found
 }
 
 // TestStaleBundleErrorKeepsItsReason: the reason survives the conversion

@@ -129,18 +129,8 @@ func refillDir(p string) (string, error) {
 // shimPid finds the shim daemon serving container id.
 func shimPid(t testing.TB, id string) string {
 	t.Helper()
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		for i := 0; i+1 < len(args); i++ {
-			if args[i] == "-id" && args[i+1] == id && strings.Contains(args[0], "containerd-shim") {
-				return filepath.Base(filepath.Dir(p))
-			}
-		}
+	for pid := range shimsOf(map[string]bool{id: true}) {
+		return pid
 	}
 	t.Fatalf("no shim process for %s", id)
 	return ""
