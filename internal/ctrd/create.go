@@ -175,6 +175,11 @@ func (r *Runtime) resume(ctx context.Context, h *callHandle, call Call) (State, 
 	}
 	if task := h.getTask(); task == nil {
 		if !r.dir(h.id).startedAt().IsZero() {
+			if r.neverRan(h) {
+				// Started, but the program never ran, and containerd,
+				// restarted, discarded the dead task.
+				return r.runAgain(ctx, h, call)
+			}
 			// It ran and its task is gone (see Result.ExitStatusLost): never
 			// start it a second time.
 			return r.state(ctx, h)
@@ -194,12 +199,13 @@ func (r *Runtime) resume(ctx context.Context, h *callHandle, call Call) (State, 
 	return r.state(ctx, h)
 }
 
-// neverRan says whether the stopped task of a call's own container never
-// ran the program: fnlet-init marks its exit file first thing, and a task
-// that stopped without that mark died in runc's init, before the exec of
-// fnlet-init. That happens when an earlier Start was cut short inside
-// "runc start" (the manager killed mid-RPC): runc's init gets "write exec
-// fifo: broken pipe" (docs/runtime.md, "Interrupted starts").
+// neverRan says whether the stopped (or, after a containerd restart,
+// discarded) task of a call's own container never ran the program:
+// fnlet-init marks its exit file first thing, and a task that ended
+// without that mark died in runc's init, before the exec of fnlet-init.
+// That happens when a Start is cut short inside "runc start" (the manager
+// or containerd killed mid-RPC): runc's init gets "write exec fifo: broken
+// pipe" (docs/runtime.md, "Interrupted starts").
 func (r *Runtime) neverRan(h *callHandle) bool {
 	return r.initBinary != "" && h.warm == nil && !r.dir(h.id).initBegan()
 }
@@ -209,8 +215,10 @@ func (r *Runtime) neverRan(h *callHandle) bool {
 // already (a Watch resync collects it), and a Result is kept once. The
 // program runs exactly once: the first task never started it.
 func (r *Runtime) runAgain(ctx context.Context, h *callHandle, call Call) (State, error) {
-	if _, err := h.getTask().Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
-		return State{}, wrapErr(err, "delete task %s that never ran", h.id)
+	if task := h.getTask(); task != nil {
+		if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
+			return State{}, wrapErr(err, "delete task %s that never ran", h.id)
+		}
 	}
 	r.dropHandle(h.id)
 	h, err := r.load(ctx, h.id)

@@ -199,11 +199,14 @@ func TestResumeStoppedTask(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		exitFile  string // as the stopped task left it
+		discarded bool   // containerd, restarted, discarded the dead task
 		wantRerun bool
 	}{
 		{name: "init never began", exitFile: "", wantRerun: true},
 		{name: "init began, no exit recorded (killed)", exitFile: "-\n", wantRerun: false},
 		{name: "exit recorded", exitFile: "0\n", wantRerun: false},
+		{name: "init never began, task discarded", exitFile: "", discarded: true, wantRerun: true},
+		{name: "init began, task discarded", exitFile: "-\n", discarded: true, wantRerun: false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ioRoot := t.TempDir()
@@ -221,6 +224,20 @@ func TestResumeStoppedTask(t *testing.T) {
 				t.Fatalf("first run: %+v, %v", s.Result, err)
 			}
 			rt1.stop() // not deleted: the task stays, stopped
+			if tc.discarded {
+				c, rctx := rawClient(t)
+				ctr, err := c.LoadContainer(rctx, ContainerID(call.UID))
+				if err != nil {
+					t.Fatal(err)
+				}
+				task, err := ctr.Task(rctx, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := task.Delete(rctx); err != nil {
+					t.Fatal(err)
+				}
+			}
 			d := rt1.dir(ContainerID(call.UID))
 			for name, content := range map[string]string{exitFile: tc.exitFile, stdoutFile: ""} {
 				if err := os.WriteFile(d.file(name), []byte(content), 0o666); err != nil {
@@ -237,7 +254,7 @@ func TestResumeStoppedTask(t *testing.T) {
 				t.Fatal(err)
 			}
 			reran := string(s.Result.Stdout.Data) == "once\n"
-			if reran != tc.wantRerun || s.Result.ExitCode != 0 {
+			if reran != tc.wantRerun || reran && s.Result.ExitCode != 0 {
 				t.Fatalf("ran again: %v, want %v (result %+v)", reran, tc.wantRerun, s.Result)
 			}
 			mustDelete(t, rt2, call.UID)

@@ -44,8 +44,10 @@ func (r *Runtime) state(ctx context.Context, h *callHandle) (State, error) {
 		st, err = task.Status(ctx)
 	}
 	if errdefs.IsNotFound(err) {
-		if s.StartedAt.IsZero() {
-			s.Phase = PhaseCreated // never started: Run resumes it
+		if s.StartedAt.IsZero() || r.neverRan(h) {
+			// Never started, or started but the program never ran (see
+			// neverRan): Run resumes it.
+			s.Phase = PhaseCreated
 			return s, nil
 		}
 		// Started, and the task is gone without our Delete (which removes the
@@ -63,6 +65,10 @@ func (r *Runtime) state(ctx context.Context, h *callHandle) (State, error) {
 	}
 	switch st.Status {
 	case client.Stopped:
+		if r.neverRan(h) {
+			s.Phase = PhaseCreated // runc's init died before the program: Run starts it again
+			return s, nil
+		}
 		res, err := r.collect(ctx, h, task, st)
 		if err != nil {
 			return State{}, err
