@@ -441,9 +441,13 @@ func (r *FunctionCallReconciler) drive(ctx context.Context, fc *fnletv1.Function
 		return r.finish(ctx, fc, st)
 	case ctrd.PhaseRunning:
 		return r.running(ctx, fc, st)
+	case ctrd.PhaseCreated:
+		// The container exists and the program never ran: a create or a
+		// start cut short by a kill (internal/ctrd, neverRan). Run resumes
+		// it, still exactly once.
+		return r.start(ctx, fc)
 	}
-	// No container, or one whose task never started (a crash between
-	// creating it and starting the task): Run resumes the latter.
+	// No container.
 	if !retrying || pending > 0 {
 		return r.runtimeFailure(ctx, fc, errors.New("the container disappeared while the call was running"))
 	}

@@ -1112,6 +1112,19 @@ func TestUnitReconcileRunning(t *testing.T) {
 			wantRuntime: []string{"EnsureImage " + image + " IfNotPresent", "Run uid-a"},
 			wantPhase:   ctrd.PhaseRunning,
 		},
+		"Running, but the program never ran (a start cut short): Run resumes it": {
+			call: runningCall("a").Obj(),
+			setup: func(h *harness) {
+				h.rt.vanish("uid-a")
+				h.rt.created("uid-a", testNS, "a")
+				h.rt.withImages(image)
+			},
+			clock:       t0.Add(time.Minute),
+			wantResult:  ctrl.Result{RequeueAfter: defaultTimeout - time.Minute},
+			wantView:    running,
+			wantRuntime: []string{"State uid-a", "EnsureImage " + image + " IfNotPresent", "Run uid-a"},
+			wantPhase:   ctrd.PhaseRunning,
+		},
 		"container vanished while Running": {
 			call:        runningCall("a").Obj(),
 			setup:       func(h *harness) { h.rt.vanish("uid-a") },

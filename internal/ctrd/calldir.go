@@ -35,6 +35,9 @@ import (
 //	started-at      the RFC 3339 time of Task.Start, written before Start is
 //	                asked for and removed by Delete. Present while the task
 //	                is missing means containerd discarded a started task.
+//	reruns          how many times runAgain started the call again after a
+//	                task that never ran the program; kept by prepare, so
+//	                that a mark fnlet-init cannot write never loops.
 //	stdin-complete  FIFO mode: the input was fully written and CloseIO was
 //	                confirmed.
 //	output-limit    written before the runtime kills the call for its output.
@@ -57,7 +60,27 @@ const (
 	stdinDone     = "stdin-complete"
 	limitMarker   = "output-limit"
 	inputMarker   = "input-lost"
+	rerunsFile    = "reruns"
 )
+
+// maxReruns bounds runAgain per call: were fnlet-init ever unable to write
+// its start mark, a program that did run would otherwise run again.
+const maxReruns = 3
+
+// reruns is the number of runAgain restarts recorded for the call.
+func (d callDir) reruns() int {
+	b, _ := os.ReadFile(d.file(rerunsFile))
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n
+}
+
+// countRerun records one more runAgain restart.
+func (d callDir) countRerun() error {
+	if err := os.WriteFile(d.file(rerunsFile), []byte(strconv.Itoa(d.reruns()+1)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("record rerun: %w", err)
+	}
+	return nil
+}
 
 // dir is the directory of container id.
 func (r *Runtime) dir(id string) callDir { return callDir{filepath.Join(r.ioRoot, id)} }

@@ -207,7 +207,8 @@ func (r *Runtime) resume(ctx context.Context, h *callHandle, call Call) (State, 
 // or containerd killed mid-RPC): runc's init gets "write exec fifo: broken
 // pipe" (docs/runtime.md, "Interrupted starts").
 func (r *Runtime) neverRan(h *callHandle) bool {
-	return r.initBinary != "" && h.warm == nil && !r.dir(h.id).initBegan()
+	d := r.dir(h.id)
+	return r.initBinary != "" && h.warm == nil && !d.initBegan() && d.reruns() < maxReruns
 }
 
 // runAgain replaces a stopped task that never ran the program with a new
@@ -219,6 +220,9 @@ func (r *Runtime) runAgain(ctx context.Context, h *callHandle, call Call) (State
 		if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
 			return State{}, wrapErr(err, "delete task %s that never ran", h.id)
 		}
+	}
+	if err := r.dir(h.id).countRerun(); err != nil {
+		return State{}, err
 	}
 	r.dropHandle(h.id)
 	h, err := r.load(ctx, h.id)

@@ -200,6 +200,7 @@ func TestResumeStoppedTask(t *testing.T) {
 		name      string
 		exitFile  string // as the stopped task left it
 		discarded bool   // containerd, restarted, discarded the dead task
+		reruns    string // the reruns file, if any
 		wantRerun bool
 	}{
 		{name: "init never began", exitFile: "", wantRerun: true},
@@ -207,6 +208,7 @@ func TestResumeStoppedTask(t *testing.T) {
 		{name: "exit recorded", exitFile: "0\n", wantRerun: false},
 		{name: "init never began, task discarded", exitFile: "", discarded: true, wantRerun: true},
 		{name: "init began, task discarded", exitFile: "-\n", discarded: true, wantRerun: false},
+		{name: "init never began, reruns used up", exitFile: "", reruns: "3\n", wantRerun: false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ioRoot := t.TempDir()
@@ -239,7 +241,11 @@ func TestResumeStoppedTask(t *testing.T) {
 				}
 			}
 			d := rt1.dir(ContainerID(call.UID))
-			for name, content := range map[string]string{exitFile: tc.exitFile, stdoutFile: ""} {
+			files := map[string]string{exitFile: tc.exitFile, stdoutFile: ""}
+			if tc.reruns != "" {
+				files[rerunsFile] = tc.reruns
+			}
+			for name, content := range files {
 				if err := os.WriteFile(d.file(name), []byte(content), 0o666); err != nil {
 					t.Fatal(err)
 				}
