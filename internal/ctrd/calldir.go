@@ -253,7 +253,6 @@ func readTail(path string, max int) (Tail, error) {
 	return Tail{Data: buf, Size: size, Truncated: size > n}, nil
 }
 
-// exitRecord is what fnlet-init recorded (see readExitFile).
 // initBegan says whether fnlet-init started in this attempt's task: it
 // marks the exit file first thing (see fnlet-init's began).
 func (d callDir) initBegan() bool {
@@ -261,6 +260,7 @@ func (d callDir) initBegan() bool {
 	return err == nil && fi.Size() > 0
 }
 
+// exitRecord is what fnlet-init recorded (see readExitFile).
 func (d callDir) exitRecord() (code int32, at time.Time, ok bool) {
 	return readExitFile(d.file(exitFile))
 }

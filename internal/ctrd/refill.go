@@ -2,9 +2,8 @@ package ctrd
 
 import (
 	"fmt"
-	"path"
-
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -63,29 +62,37 @@ func (r *Runtime) RefillCgroup() (string, error) {
 // writes: containerd's cgroup packages would bring eBPF and D-Bus into the
 // manager for two files.
 func makeRefillCgroup(p string) error {
-	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
-		dir := filepath.Join("/sys/fs/cgroup", p)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("make refill cgroup %s: %w", p, err)
-		}
-		if _, err := os.Stat(filepath.Join(dir, "cpu.weight")); os.IsNotExist(err) {
-			// The cpu controller is not enabled for the parent's children.
-			parent := filepath.Join(filepath.Dir(dir), "cgroup.subtree_control")
-			if err := os.WriteFile(parent, []byte("+cpu"), 0); err != nil {
-				return fmt.Errorf("make refill cgroup %s: enable cpu in %s: %w", p, parent, err)
-			}
-		}
-		return writeCgroupFile(dir, "cpu.weight", refillWeight)
-	}
-	root, err := cpuMount("/proc/self/mountinfo")
+	dir, unified, err := cpuCgroupDir(p)
 	if err != nil {
 		return fmt.Errorf("make refill cgroup %s: %w", p, err)
 	}
-	dir := filepath.Join(root, p)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("make refill cgroup %s: %w", p, err)
 	}
-	return writeCgroupFile(dir, "cpu.shares", refillShares)
+	if !unified {
+		return writeCgroupFile(dir, "cpu.shares", refillShares)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "cpu.weight")); os.IsNotExist(err) {
+		// The cpu controller is not enabled for the parent's children.
+		parent := filepath.Join(filepath.Dir(dir), "cgroup.subtree_control")
+		if err := os.WriteFile(parent, []byte("+cpu"), 0); err != nil {
+			return fmt.Errorf("make refill cgroup %s: enable cpu in %s: %w", p, parent, err)
+		}
+	}
+	return writeCgroupFile(dir, "cpu.weight", refillWeight)
+}
+
+// cpuCgroupDir is where cgroup p is in this host's cpu controller, and
+// whether that is cgroup v2's unified hierarchy.
+func cpuCgroupDir(p string) (dir string, unified bool, err error) {
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		return filepath.Join("/sys/fs/cgroup", p), true, nil
+	}
+	root, err := cpuMount("/proc/self/mountinfo")
+	if err != nil {
+		return "", false, err
+	}
+	return filepath.Join(root, p), false, nil
 }
 
 func writeCgroupFile(dir, name string, v uint64) error {

@@ -62,7 +62,7 @@ func TestPrestartShimYieldsCPU(t *testing.T) {
 	const cg = "/fnlet-test-refill"
 	// Registered first, so it runs last: after the shims below are gone.
 	t.Cleanup(func() {
-		if d, err := refillDir(cg); err == nil {
+		if d, _, err := cpuCgroupDir(cg); err == nil {
 			poll(t, 30*time.Second, "refill cgroup empty", func() bool {
 				err := os.Remove(d)
 				return err == nil || os.IsNotExist(err)
@@ -73,12 +73,12 @@ func TestPrestartShimYieldsCPU(t *testing.T) {
 	if got, err := rt.RefillCgroup(); err != nil || got != cg {
 		t.Fatalf("RefillCgroup = %q, %v; want %q", got, err, cg)
 	}
-	dir, err := refillDir(cg)
+	dir, unified, err := cpuCgroupDir(cg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	weightFile, want := "cpu.shares", refillShares
-	if unifiedCgroups() {
+	if unified {
 		weightFile, want = "cpu.weight", refillWeight
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, weightFile)); err != nil || strings.TrimSpace(string(b)) != strconv.FormatUint(want, 10) {
@@ -110,20 +110,6 @@ func TestPrestartShimYieldsCPU(t *testing.T) {
 	if got := cpuCgroupOf(t, strconv.Itoa(int(task.Pid()))); got == cg || !strings.HasSuffix(got, "/"+id) {
 		t.Errorf("process of pre-start %s in cpu cgroup %q, want its container's", id, got)
 	}
-}
-
-func unifiedCgroups() bool {
-	_, err := os.Stat("/sys/fs/cgroup/cgroup.controllers")
-	return err == nil
-}
-
-// refillDir is where cgroup p is on this host.
-func refillDir(p string) (string, error) {
-	if unifiedCgroups() {
-		return filepath.Join("/sys/fs/cgroup", p), nil
-	}
-	root, err := cpuMount("/proc/self/mountinfo")
-	return filepath.Join(root, p), err
 }
 
 // shimPid finds the shim daemon serving container id.
@@ -159,8 +145,8 @@ func cpuCgroupOf(t testing.TB, pid string) string {
 			}
 		}
 	}
-	if unifiedCgroups() && unified != "" {
-		return unified
+	if unified != "" {
+		return unified // cgroup v2: no controller names
 	}
 	t.Fatalf("no cpu cgroup in /proc/%s/cgroup:\n%s", pid, b)
 	return ""

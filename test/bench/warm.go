@@ -346,7 +346,7 @@ const refillTestCgroup = "/fnlet-refill"
 // measureRefillYield runs the yield measurement (see refillYield).
 func measureRefillYield(ctx context.Context, cfg config, spin time.Duration) (*refillYield, error) {
 	y := &refillYield{Spin: spin, CPUs: numCPU()}
-	share, _, err := spinBeside(ctx, cfg, spin, nil)
+	share, _, err := spinBeside(ctx, cfg, spin, false)
 	if err != nil {
 		return nil, fmt.Errorf("alone: %w", err)
 	}
@@ -358,11 +358,7 @@ func measureRefillYield(ctx context.Context, cfg config, spin time.Duration) (*r
 		{"containerd's priority", nil},
 		{"refill cgroup", []ctrd.Opt{ctrd.WithRefillCgroup(refillTestCgroup)}},
 	} {
-		opts := way.opts
-		if opts == nil {
-			opts = []ctrd.Opt{} // refill beside, without the cgroup
-		}
-		share, n, err := spinBeside(ctx, cfg, spin, opts)
+		share, n, err := spinBeside(ctx, cfg, spin, true, way.opts...)
 		if errors.Is(err, errNoRefillCgroup) {
 			y.Note = err.Error()
 			continue
@@ -377,18 +373,18 @@ func measureRefillYield(ctx context.Context, cfg config, spin time.Duration) (*r
 
 var errNoRefillCgroup = errors.New("no refill cgroup")
 
-// spinBeside runs the busy call; with refill non-nil, pre-starts go on
-// beside it, two at a time, on a runtime made with those options, until it
-// ends. It returns the call's share of the machine's CPU and the number of
-// pre-starts done.
-func spinBeside(ctx context.Context, cfg config, spin time.Duration, refill []ctrd.Opt) (float64, int, error) {
-	cw, err := newCtrdWay(ctx, cfg, refill...)
+// spinBeside runs the busy call on a runtime made with opts; with
+// prestart, pre-starts go on beside it, two at a time, until it ends. It
+// returns the call's share of the machine's CPU and the number of
+// pre-starts done meanwhile.
+func spinBeside(ctx context.Context, cfg config, spin time.Duration, prestart bool, opts ...ctrd.Opt) (float64, int, error) {
+	cw, err := newCtrdWay(ctx, cfg, opts...)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer cw.close()
 	rt := cw.rt
-	if len(refill) > 0 {
+	if len(opts) > 0 {
 		if _, err := rt.RefillCgroup(); err != nil {
 			return 0, 0, fmt.Errorf("%w: %v", errNoRefillCgroup, err)
 		}
@@ -397,8 +393,11 @@ func spinBeside(ctx context.Context, cfg config, spin time.Duration, refill []ct
 		return 0, 0, err
 	}
 	spec := ctrd.WarmSpec{Pool: "bench-yield", Image: cfg.Image}
-	var ids []string
-	var mu sync.Mutex
+	var (
+		mu     sync.Mutex
+		ids    []string
+		preErr error // the first failed pre-start
+	)
 	defer func() {
 		for _, id := range ids {
 			_ = rt.DeleteWarm(context.WithoutCancel(ctx), id)
@@ -414,7 +413,7 @@ func spinBeside(ctx context.Context, cfg config, spin time.Duration, refill []ct
 	defer func() { _ = rt.Delete(context.WithoutCancel(ctx), uid) }()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	if refill != nil {
+	if prestart {
 		for range 2 {
 			wg.Go(func() {
 				for {
@@ -424,12 +423,17 @@ func spinBeside(ctx context.Context, cfg config, spin time.Duration, refill []ct
 					default:
 					}
 					id, err := rt.Prestart(ctx, spec)
+					mu.Lock()
+					if err != nil && preErr == nil {
+						preErr = fmt.Errorf("pre-start beside the busy call: %w", err)
+					}
+					if err == nil {
+						ids = append(ids, id)
+					}
+					mu.Unlock()
 					if err != nil {
 						return
 					}
-					mu.Lock()
-					ids = append(ids, id)
-					mu.Unlock()
 				}
 			})
 		}
@@ -440,6 +444,9 @@ func spinBeside(ctx context.Context, cfg config, spin time.Duration, refill []ct
 	n := len(ids) // those done while the call ran
 	mu.Unlock()
 	wg.Wait()
+	if err == nil {
+		err = preErr
+	}
 	if err != nil {
 		return 0, 0, err
 	}
