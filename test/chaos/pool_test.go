@@ -294,10 +294,18 @@ func TestPoolUnderFaults(t *testing.T) {
 // orphanWarmShim says whether a leak line is the shim daemon of a
 // pre-started container that has no child process (it runs nothing).
 func orphanWarmShim(leak string) bool {
-	var pid, id string
-	if n, _ := fmt.Sscanf(leak, "shim pid %s for %s", &pid, &id); n != 2 || !strings.HasPrefix(id, ctrd.ContainerID("warm-")) {
-		return false
-	}
+	pid, id, ok := shimOfLeak(leak)
+	return ok && strings.HasPrefix(id, ctrd.ContainerID("warm-")) && !hasChild(pid)
+}
+
+// shimOfLeak parses a leak line of hostLeaks about a shim daemon.
+func shimOfLeak(leak string) (pid, id string, ok bool) {
+	n, _ := fmt.Sscanf(leak, "shim pid %s for %s", &pid, &id)
+	return pid, id, n == 2
+}
+
+// hasChild says whether any process has pid as its parent.
+func hasChild(pid string) bool {
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
 		b, err := os.ReadFile(filepath.Join("/proc", p.Name(), "stat"))
@@ -308,10 +316,10 @@ func orphanWarmShim(leak string) bool {
 		st := string(b)
 		f := strings.Fields(st[strings.LastIndexByte(st, ')')+1:])
 		if len(f) > 1 && f[1] == pid {
-			return false
+			return true
 		}
 	}
-	return true
+	return false
 }
 
 // fault is one fault a row injects between waves of calls.
