@@ -35,6 +35,7 @@ const (
 	annMaxMemory  = "fnlet.dev/max-memory-bytes"
 	annMaxCPU     = "fnlet.dev/max-millicpu"
 	annLogAddress = "fnlet.dev/log-address"
+	annLogCert    = "fnlet.dev/log-cert-sha256"
 	annNetworks   = "fnlet.dev/networks"
 )
 
@@ -52,6 +53,9 @@ type Node struct {
 	// where a peer forwards a request for a call of this node; empty when
 	// the node serves none.
 	LogAddress string
+	// LogCertSHA256 is the SHA-256 (hex) of the certificate that log API
+	// serves: a forwarding peer accepts no other (logapi.Peers).
+	LogCertSHA256 string
 	// ExpiresAt is when the Lease runs out unless renewed; a released
 	// Lease has expired at its release.
 	ExpiresAt time.Time
@@ -122,6 +126,7 @@ func nodeOf(l *coordinationv1.Lease) (Node, bool) {
 	n.MaxMemoryBytes, _ = strconv.ParseInt(l.Annotations[annMaxMemory], 10, 64)
 	n.MaxMilliCPU, _ = strconv.ParseInt(l.Annotations[annMaxCPU], 10, 64)
 	n.LogAddress = l.Annotations[annLogAddress]
+	n.LogCertSHA256 = l.Annotations[annLogCert]
 	if v, ok := l.Annotations[annNetworks]; ok {
 		n.Networks = []fnletv1.NetworkMode{}
 		for _, m := range strings.Split(v, ",") {
@@ -295,6 +300,10 @@ type NodeLease struct {
 	Duration      time.Duration
 	RenewInterval time.Duration
 	Clock         clock.PassiveClock
+	// LogCert gives, at each renewal, the SHA-256 of the certificate the
+	// node's log API serves now (it may be reloaded); nil: the static
+	// Node.LogCertSHA256.
+	LogCert func() string
 
 	mu           sync.Mutex
 	healthySince time.Time // zero: the last renewal failed
@@ -338,6 +347,13 @@ func (l *NodeLease) HealthyFor() time.Duration {
 		return 0
 	}
 	return l.Clock.Since(l.healthySince)
+}
+
+func (l *NodeLease) logCert() string {
+	if l.LogCert != nil {
+		return l.LogCert()
+	}
+	return l.Node.LogCertSHA256
 }
 
 func (l *NodeLease) renew(ctx context.Context, d time.Duration) error {
@@ -408,6 +424,11 @@ func (l *NodeLease) write(ctx context.Context, d time.Duration) error {
 		lease.Annotations[annLogAddress] = l.Node.LogAddress
 	} else {
 		delete(lease.Annotations, annLogAddress)
+	}
+	if pin := l.logCert(); pin != "" {
+		lease.Annotations[annLogCert] = pin
+	} else {
+		delete(lease.Annotations, annLogCert)
 	}
 	if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != l.Node.Name || lease.Spec.AcquireTime == nil {
 		lease.Spec.AcquireTime = &now

@@ -103,7 +103,7 @@ func main() {
 	flag.StringVar(&o.logAPIAddr, "log-api-bind-address", "0", "HTTPS address of the log API, e.g. :8444 (internal/logapi: a call's whole output through the APIService v1alpha1.logs.fnlet.dev, with delegated authentication and authorization; the DaemonSet sets it); 0 disables.")
 	flag.StringVar(&o.logAPICertDir, "log-api-cert-dir", "", "Directory with tls.crt and tls.key for the log API (default: a self-signed certificate made at start).")
 	flag.StringVar(&o.logAPIAdvertise, "log-api-advertise-address", "", "host:port where peer managers reach this node's log API, published on the node's Lease (default $POD_IP and the bind port; none without POD_IP: then requests for this node's calls are answered only when they arrive here).")
-	flag.StringVar(&o.logAPIPeerCA, "log-api-peer-ca", "", "PEM CA that signed the peers' --log-api-cert-dir certificates; without it a forwarded request does not verify the peer's certificate.")
+	flag.StringVar(&o.logAPIPeerCA, "log-api-peer-ca", "", "PEM CA that signed the peers' --log-api-cert-dir certificates; without it a forwarding manager pins the certificate each peer publishes on its node Lease.")
 	flag.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Health probe address.")
 	flag.StringVar(&o.pprofAddr, "pprof-bind-address", "", "Serve net/http/pprof here (empty disables), for profiling under load.")
 	flag.StringVar(&o.leaseNamespace, "lease-namespace", envOr("POD_NAMESPACE", "fnlet-system"), "Namespace of the node Leases (default $POD_NAMESPACE, else fnlet-system).")
@@ -272,7 +272,7 @@ func run(ctx context.Context, o options) error {
 		LeaseNamespace: o.leaseNamespace, LeaseDuration: o.leaseDuration, LeaseRenew: o.leaseRenew,
 		NodeLostGrace: o.nodeLostGrace, ClaimStagger: o.claimStagger, Dispatchers: o.dispatchers,
 		PoolRuntime: poolRT, PoolRefillPerSecond: o.poolRefill,
-		LogAddress: logs.advertise,
+		LogAddress: logs.advertise, LogCert: logs.certSHA256(),
 	})
 	if err != nil {
 		return err
@@ -286,7 +286,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	if logs.serving != nil {
-		peer, err := logapi.PeerClient(cfg, o.logAPIPeerCA)
+		peer, err := logapi.NewPeers(cfg, o.logAPIPeerCA)
 		if err != nil {
 			return fmt.Errorf("log API peer client: %w", err)
 		}
@@ -317,6 +317,14 @@ type logAPI struct {
 	serving   *logapi.Serving
 	server    *logapi.Server
 	advertise string
+}
+
+// certSHA256 gives the pin of the served certificate; nil without a log API.
+func (l logAPI) certSHA256() func() string {
+	if l.serving == nil {
+		return nil
+	}
+	return l.serving.CertSHA256
 }
 
 // prepareLogAPI listens for the log API of --log-api-* and builds its

@@ -2,11 +2,17 @@ package logapi
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"k8s.io/apiserver/pkg/server"
@@ -102,15 +108,121 @@ func (r Runnable) Start(ctx context.Context) error {
 	return nil
 }
 
-// PeerClient is the HTTPS client a manager forwards with: it presents the
-// manager's own credentials (token or client certificate of cfg) and
-// trusts peers' serving certificates by caFile, or, without one, does
-// not verify them (the peers' self-signed default).
-func PeerClient(cfg *rest.Config, caFile string) (*http.Client, error) {
+// CertSHA256 is the SHA-256 (hex) of the leaf certificate served now
+// (after Prepare): the node publishes it on its Lease, and peers that
+// forward to this manager pin it. Read at every Lease renewal, so a
+// certificate reloaded from CertDir is published within one.
+func (s *Serving) CertSHA256() string {
+	if s.info == nil || s.info.Cert == nil {
+		return ""
+	}
+	certPEM, _ := s.info.Cert.CurrentCertKeyContent()
+	block, _ := pem.Decode(certPEM)
+	if block == nil {
+		return ""
+	}
+	sum := sha256.Sum256(block.Bytes)
+	return hex.EncodeToString(sum[:])
+}
+
+// Peers makes the HTTPS clients a manager forwards with. They present the
+// manager's own credentials (token or client certificate of its config)
+// and authenticate the peer: by a CA (--log-api-peer-ca) when one is
+// given, otherwise by pinning the certificate the peer publishes on its
+// Lease (CertSHA256), which only managers can write. A peer that shows any
+// other certificate gets no request, so neither the manager's token nor
+// the query reach an impostor on the pod network.
+type Peers struct {
+	cfg *rest.Config
+	ca  *http.Client // with a CA; nil: pin
+
+	mu     sync.Mutex
+	pinned map[string]*http.Client // by pin
+}
+
+// maxPinned bounds the clients kept by pin: a manager's self-signed
+// certificate, and so its pin, changes at each restart.
+const maxPinned = 64
+
+// NewPeers makes the peer clients of a manager whose API config is cfg;
+// caFile is the PEM CA of the peers' certificates, or empty to pin.
+func NewPeers(cfg *rest.Config, caFile string) (*Peers, error) {
+	p := &Peers{cfg: rest.CopyConfig(cfg), pinned: map[string]*http.Client{}}
+	p.cfg.Timeout = 0 // a follow is one long response
+	p.cfg.TLSClientConfig.ServerName = ""
+	if caFile != "" {
+		c := rest.CopyConfig(p.cfg)
+		c.TLSClientConfig.CAFile, c.TLSClientConfig.CAData, c.TLSClientConfig.Insecure = caFile, nil, false
+		ca, err := rest.HTTPClientFor(c)
+		if err != nil {
+			return nil, fmt.Errorf("peer client with CA %s: %w", caFile, err)
+		}
+		p.ca = ca
+	}
+	return p, nil
+}
+
+// Client is the client for a peer that published pin (CertSHA256).
+func (p *Peers) Client(pin string) (*http.Client, error) {
+	if p.ca != nil {
+		return p.ca, nil
+	}
+	if pin == "" {
+		return nil, errors.New("it publishes no certificate to check it by (a manager older than this one, or a --log-api-cert-dir without --log-api-peer-ca)")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.pinned[pin]; ok {
+		return c, nil
+	}
+	c, err := pinnedClient(p.cfg, pin)
+	if err != nil {
+		return nil, err
+	}
+	if len(p.pinned) >= maxPinned {
+		for k, old := range p.pinned {
+			old.CloseIdleConnections()
+			delete(p.pinned, k)
+		}
+	}
+	p.pinned[pin] = c
+	return c, nil
+}
+
+// pinnedClient accepts only a server whose leaf certificate hashes to pin;
+// the check runs in the handshake, before any byte of the request.
+func pinnedClient(cfg *rest.Config, pin string) (*http.Client, error) {
 	c := rest.CopyConfig(cfg)
-	c.TLSClientConfig.CAFile, c.TLSClientConfig.CAData = caFile, nil
-	c.TLSClientConfig.ServerName = ""
-	c.TLSClientConfig.Insecure = caFile == ""
-	c.Timeout = 0
-	return rest.HTTPClientFor(c)
+	c.TLSClientConfig.CAFile, c.TLSClientConfig.CAData, c.TLSClientConfig.Insecure = "", nil, false
+	tlsCfg, err := rest.TLSConfigFor(c)
+	if err != nil {
+		return nil, fmt.Errorf("peer TLS config: %w", err)
+	}
+	if tlsCfg == nil {
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	// The pin replaces chain and name checks: a self-signed certificate
+	// for "localhost" has neither a CA we know nor the peer's IP.
+	tlsCfg.InsecureSkipVerify, tlsCfg.RootCAs = true, nil
+	tlsCfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("the peer showed no certificate")
+		}
+		sum := sha256.Sum256(cs.PeerCertificates[0].Raw)
+		if got := hex.EncodeToString(sum[:]); got != pin {
+			return fmt.Errorf("the peer's certificate (sha256 %s) is not the one its node Lease publishes (sha256 %s)", got, pin)
+		}
+		return nil
+	}
+	rt := &http.Transport{
+		TLSClientConfig:     tlsCfg,
+		TLSHandshakeTimeout: 10 * time.Second,
+		IdleConnTimeout:     90 * time.Second,
+		MaxIdleConnsPerHost: 4,
+	}
+	wrapped, err := rest.HTTPWrappersForConfig(c, rt)
+	if err != nil {
+		return nil, fmt.Errorf("peer credentials: %w", err)
+	}
+	return &http.Client{Transport: wrapped}, nil
 }

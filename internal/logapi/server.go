@@ -91,8 +91,9 @@ type Server struct {
 	Paths func(callUID string) (stdout, stderr string)
 	Authn authenticator.Request
 	Authz Authorizer
-	// Peer is the client that forwards to other managers; nil: none.
-	Peer *http.Client
+	// Peer gives the client that forwards to another manager, by the
+	// certificate pin that manager publishes (see Peers); nil: none.
+	Peer PeerClients
 	// Retention is said in the 410 answer for expired output.
 	Retention string
 	// Poll bounds the wait of a follow between checks (default 250ms).
@@ -385,9 +386,14 @@ func expired(fc *fnletv1.FunctionCall, retention string) *apierrors.StatusError 
 // streams its answer back.
 func (s *Server) forward(w http.ResponseWriter, r *http.Request, fc *fnletv1.FunctionCall) {
 	node := fc.Status.NodeName
-	addr, err := s.peerAddress(r.Context(), node)
+	addr, pin, err := s.peerAddress(r.Context(), node)
 	if err != nil {
 		writeStatus(w, err)
+		return
+	}
+	peer, err := s.Peer.Client(pin)
+	if err != nil {
+		writeStatus(w, apierrors.NewServiceUnavailable(fmt.Sprintf("will not forward to the manager of node %s (%s): %v", node, addr, err)))
 		return
 	}
 	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, "https://"+addr+r.URL.RequestURI(), nil)
@@ -396,7 +402,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, fc *fnletv1.Fun
 		return
 	}
 	req.Header.Set(ForwardedHeader, s.NodeName)
-	resp, err := s.Peer.Do(req)
+	resp, err := peer.Do(req)
 	if err != nil {
 		writeStatus(w, apierrors.NewServiceUnavailable(fmt.Sprintf("cannot reach the manager of node %s (%s), which has the output of %s/%s: %v", node, addr, fc.Namespace, fc.Name, err)))
 		return
@@ -418,24 +424,32 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, fc *fnletv1.Fun
 	}
 }
 
-func (s *Server) peerAddress(ctx context.Context, node string) (string, error) {
+// peerAddress finds where node's manager serves its log API, and the
+// SHA-256 of the certificate it serves, on the node's Lease.
+func (s *Server) peerAddress(ctx context.Context, node string) (addr, pin string, err error) {
 	if s.Peer == nil || s.Nodes == nil {
-		return "", apierrors.NewServiceUnavailable(fmt.Sprintf("the call runs on node %s and this manager (%s) does not forward", node, s.NodeName))
+		return "", "", apierrors.NewServiceUnavailable(fmt.Sprintf("the call runs on node %s and this manager (%s) does not forward", node, s.NodeName))
 	}
 	nodes, err := s.Nodes.Nodes(ctx)
 	if err != nil {
-		return "", apierrors.NewInternalError(err)
+		return "", "", apierrors.NewInternalError(err)
 	}
 	for _, n := range nodes {
 		if n.Name != node {
 			continue
 		}
 		if n.LogAddress == "" {
-			return "", apierrors.NewServiceUnavailable(fmt.Sprintf("node %s publishes no log API address on its Lease", node))
+			return "", "", apierrors.NewServiceUnavailable(fmt.Sprintf("node %s publishes no log API address on its Lease", node))
 		}
-		return n.LogAddress, nil
+		return n.LogAddress, n.LogCertSHA256, nil
 	}
-	return "", apierrors.NewServiceUnavailable(fmt.Sprintf("node %s has no Lease: its manager is gone, and the output with it unless it comes back", node))
+	return "", "", apierrors.NewServiceUnavailable(fmt.Sprintf("node %s has no Lease: its manager is gone, and the output with it unless it comes back", node))
+}
+
+// PeerClients gives the HTTPS client for a peer that publishes the given
+// certificate pin; Peers is the real one.
+type PeerClients interface {
+	Client(pin string) (*http.Client, error)
 }
 
 // flushWriter flushes after every write: a follow's bytes go out as the

@@ -72,6 +72,9 @@ type Options struct {
 	// LogAddress is where peers reach this node's log API (host:port),
 	// published on its Lease; empty for none.
 	LogAddress string
+	// LogCert gives the SHA-256 of the certificate that log API serves,
+	// published on the Lease for peers to pin; nil for none.
+	LogCert func() string
 }
 
 // Node is a wired, not yet started, node agent: Manager.Start runs it.
@@ -164,7 +167,7 @@ func New(ctx context.Context, cfg *rest.Config, o Options) (*Node, error) {
 	self := controllers.Node{Name: o.NodeName, Labels: nodeLabels, MaxMemoryBytes: o.Limits.MaxMemoryBytes, MaxMilliCPU: o.Limits.MaxMilliCPU,
 		Networks: o.Limits.Networks, LogAddress: o.LogAddress}
 	n.Lease = &controllers.NodeLease{Client: mgr.GetClient(), Namespace: o.LeaseNamespace, Node: self,
-		Duration: o.LeaseDuration, RenewInterval: o.LeaseRenew, Clock: clock.RealClock{}}
+		Duration: o.LeaseDuration, RenewInterval: o.LeaseRenew, Clock: clock.RealClock{}, LogCert: o.LogCert}
 	if err := mgr.Add(n.Lease); err != nil {
 		return nil, err
 	}

@@ -3,6 +3,9 @@ package integration
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,15 +15,18 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/controllers"
 	"github.com/fnlet/fnlet/internal/logapi"
 	"github.com/fnlet/fnlet/internal/testenv/kubeapi"
 	"github.com/fnlet/fnlet/internal/testenv/logprobe"
@@ -80,6 +86,21 @@ func TestLogAPI(t *testing.T) {
 		t.Logf("50 MiB straight from the manager in %s (%.0f MiB/s)", took.Round(time.Millisecond), 50/took.Seconds())
 	})
 	t.Run("forwarded from the other node, byte-exact", func(t *testing.T) {
+		// n2 forwards only to the certificate n1's Lease publishes: the one
+		// n1 serves.
+		var lease coordinationv1.Lease
+		if err := env.k8s.Get(ctx, types.NamespacedName{Namespace: "fnlet-system", Name: controllers.NodeLeasePrefix + "n1"}, &lease); err != nil {
+			t.Fatal(err)
+		}
+		conn, err := tls.Dial("tcp", addr["n1"], &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(conn.ConnectionState().PeerCertificates[0].Raw)
+		conn.Close()
+		if pin := lease.Annotations["fnlet.dev/log-cert-sha256"]; pin != hex.EncodeToString(sum[:]) {
+			t.Fatalf("n1's Lease publishes certificate sha256 %q, n1 serves %x", pin, sum)
+		}
 		code, body := getLog(t, reader, addr["n2"], path("big"))
 		if code != http.StatusOK {
 			t.Fatalf("%d %s", code, clip(body))
@@ -243,11 +264,7 @@ func userClient(t *testing.T, user string) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := logapi.PeerClient(cfg, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return insecureClient(t, cfg)
 }
 
 func userClientInsecureAnonymous(t *testing.T) *http.Client {
@@ -262,11 +279,22 @@ func userClientInsecureAnonymous(t *testing.T) *http.Client {
 	}
 	cfg.TLSClientConfig.CertData, cfg.TLSClientConfig.KeyData, cfg.TLSClientConfig.CertFile, cfg.TLSClientConfig.KeyFile = nil, nil, "", ""
 	cfg.BearerToken = ""
-	c, err := logapi.PeerClient(cfg, "")
+	return insecureClient(t, cfg)
+}
+
+// insecureClient presents cfg's credentials and does not verify the
+// manager's certificate (a user's side of the test, not a peer's).
+func insecureClient(t *testing.T, cfg *rest.Config) *http.Client {
+	t.Helper()
+	c := rest.CopyConfig(cfg)
+	c.TLSClientConfig.CAFile, c.TLSClientConfig.CAData, c.TLSClientConfig.ServerName = "", nil, ""
+	c.TLSClientConfig.Insecure = true
+	c.Timeout = 0
+	hc, err := rest.HTTPClientFor(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c
+	return hc
 }
 
 func freeAddress(t *testing.T) string {
