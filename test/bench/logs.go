@@ -66,8 +66,7 @@ func (s *system) logPhase(ctx context.Context, res *result) {
 		defer remove(context.WithoutCancel(ctx))
 	}
 	// The admin's client certificate; the manager's certificate is
-	// self-signed. (Not logapi.PeerClient: that package's imports register
-	// a -kubeconfig flag of their own.)
+	// self-signed and not checked here (a user's client, not a peer's).
 	dc := rest.CopyConfig(s.rest)
 	dc.TLSClientConfig.CAFile, dc.TLSClientConfig.CAData, dc.TLSClientConfig.Insecure = "", nil, true
 	direct, err := rest.HTTPClientFor(dc)
