@@ -90,7 +90,7 @@ func TestContainerdRestarts(t *testing.T) {
 	if held := o.waitReleased(names, time.Minute); len(held) > 0 {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
 	}
-	lk := leaks(t, uidsOf(o, names), m.logDir)
+	lk := r.apartStuckShims(t, leaks(t, uidsOf(o, names), m.logDir), m.LogText())
 	r.Leak = len(lk)
 	logList(t, "leaked", lk)
 }
@@ -184,7 +184,7 @@ func TestContainerdDownPastTimeout(t *testing.T) {
 	if held := o.waitReleased(names, time.Minute); len(held) > 0 {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
 	}
-	lk := leaks(t, uidsOf(o, names), m.logDir)
+	lk := r.apartStuckShims(t, leaks(t, uidsOf(o, names), m.logDir), m.LogText())
 	r.Leak = len(lk)
 	logList(t, "leaked", lk)
 }

@@ -102,28 +102,36 @@ func TestManagerCrashes(t *testing.T) {
 	if held := o.waitReleased(names, time.Minute); len(held) > 0 {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
 	}
-	var lk, stuck []string
-	retried := retriedCreates(m.LogText())
-	for _, l := range leaks(t, uidsOf(o, names), m.logDir) {
+	lk := r.apartStuckShims(t, leaks(t, uidsOf(o, names), m.logDir), m.LogText())
+	r.Leak = len(lk)
+	logList(t, "leaked", lk)
+}
+
+// apartStuckShims returns the leaks lk without the shim daemons of
+// "Stuck shims" (stuckShim), which it lists on the row instead: a kill
+// (of the manager, or of containerd) inside containerd's "shim start"
+// leaves the daemon blocked for ever on its log FIFO, whose reader
+// containerd closed, and neither containerd nor the manager (no host PID
+// namespace in the DaemonSet) can stop it (docs/runtime.md). It owns no
+// container and runs nothing; the runtime went around it with a new shim.
+// Only a daemon that is exactly that is set apart; any other shim is a
+// leak. managerLog is the log of the manager(s) that ran the calls.
+func (r *row) apartStuckShims(t *testing.T, lk []string, managerLog string) []string {
+	t.Helper()
+	retried := retriedCreates(managerLog)
+	var out, stuck []string
+	for _, l := range lk {
 		if stuckShim(l, retried) {
 			stuck = append(stuck, l)
 		} else {
-			lk = append(lk, l)
+			out = append(out, l)
 		}
 	}
 	if len(stuck) > 0 {
-		// The SIGKILL landed in containerd's "shim start" of a call: its
-		// daemon blocks for ever on its log FIFO, whose reader containerd
-		// closed, and neither containerd nor the manager (no host PID
-		// namespace in the DaemonSet) can stop it (docs/runtime.md, "Stuck
-		// shims"). It owns no container and runs nothing; the runtime went
-		// around it with a new shim and the call ran once. Shown, not
-		// counted, only when all three hold; any other shim is a leak.
-		r.notef("%d shim daemons stuck on their log FIFO after a SIGKILL in containerd's shim start (upstream, no container, no process)", len(stuck))
+		r.notef("%d shim daemons stuck on their log FIFO after a kill in containerd's shim start (upstream; no container, no process; the call ran once on a new shim)", len(stuck))
 		t.Logf("stuck shim daemons (not counted):\n  %s", strings.Join(stuck, "\n  "))
 	}
-	r.Leak = len(lk)
-	logList(t, "leaked", lk)
+	return out
 }
 
 // idField is the container ID field of the runtime's logrus text lines.

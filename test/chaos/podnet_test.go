@@ -79,7 +79,7 @@ func TestPodNetworkUnderFaults(t *testing.T) {
 	if held := o.waitReleased(names, time.Minute); len(held) > 0 {
 		t.Errorf("%d calls still hold the finalizer: %v", len(held), held)
 	}
-	lk := leaks(t, uidsOf(o, names), m.logDir)
+	lk := r.apartStuckShims(t, leaks(t, uidsOf(o, names), m.logDir), m.LogText())
 
 	// The network, counted: no event says a teardown or refill happened,
 	// so this polls the bridge's own state.
