@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +30,7 @@ func TestRunAfterInterruptedCreate(t *testing.T) {
 		n = 4
 	}
 	var ids []string
+	retried := map[string]bool{} // creates retried with a new shim
 	for i := range n {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
 			rt1 := newTestRuntime(t, ioRoot)
@@ -45,7 +47,11 @@ func TestRunAfterInterruptedCreate(t *testing.T) {
 			rt1.stop()
 
 			rt2 := newTestRuntime(t, ioRoot)
-			if _, err := rt2.Run(ctx, call); errors.Is(err, ErrStaleBundle) {
+			_, err = rt2.Run(ctx, call)
+			if rt2.CreateTimeouts() > 0 {
+				retried[ContainerID(call.UID)] = true
+			}
+			if errors.Is(err, ErrStaleBundle) {
 				// containerd's cleanup of the interrupted create failed
 				// for good: the call fails with that reason, never runs,
 				// and deleting it leaves nothing of fnlet's behind (the
@@ -73,7 +79,7 @@ func TestRunAfterInterruptedCreate(t *testing.T) {
 	// background (its timeouts are 2×5 s): wait for it, bounded.
 	var left []string
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(500 * time.Millisecond) {
-		if left = leftovers(t, ids); len(left) == 0 || time.Now().After(deadline) {
+		if left = leftovers(t, ids, retried); len(left) == 0 || time.Now().After(deadline) {
 			break
 		}
 	}
@@ -116,7 +122,12 @@ func TestStaleExitEventIgnored(t *testing.T) {
 
 // leftovers lists what containerd and the host still hold of the given
 // containers: containers, tasks, snapshots, leases and shim processes.
-func leftovers(t *testing.T, ids []string) []string {
+// A shim of a container in retried (its create got no answer and went to
+// a new shim) that runs nothing and blocks on its log FIFO is the daemon
+// of docs/runtime.md "Stuck shims": a cut inside containerd's "shim
+// start" leaves it, and nothing but a kill on the host can end it. It is
+// logged, not listed; any other shim is.
+func leftovers(t *testing.T, ids []string, retried map[string]bool) []string {
 	t.Helper()
 	c, ctx := rawClient(t)
 	want := map[string]bool{}
@@ -151,9 +162,31 @@ func leftovers(t *testing.T, ids []string) []string {
 		}
 	}
 	for pid, id := range shimsOf(want) {
+		if p, _ := strconv.Atoi(pid); retried[id] && waitsForFIFOPartner(p) && !hasChildProcess(pid) {
+			t.Logf("shim %s of %s is stuck on its log FIFO after the cut create (not counted; docs/runtime.md, \"Stuck shims\")", pid, id)
+			continue
+		}
 		out = append(out, "shim "+pid+" of "+id)
 	}
 	return out
+}
+
+// hasChildProcess says whether any process has pid as its parent.
+func hasChildProcess(pid string) bool {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		// Fields after the command name: state, ppid, ...
+		st := string(b)
+		f := strings.Fields(st[strings.LastIndexByte(st, ')')+1:])
+		if len(f) > 1 && f[1] == pid {
+			return true
+		}
+	}
+	return false
 }
 
 // shimsOf finds the shim daemons serving the containers in want: their
