@@ -41,6 +41,13 @@ disabled_plugins = [$cri]
   address = "$CTRD_SOCK.ttrpc"
 [debug]
   level = "info"
+# A create cut short (the client died) makes containerd delete the new task
+# within this timeout, but the runc shim waits up to 10 s for the IO of a
+# created, never started process to drain before it deletes it. At the
+# default 5 s containerd gives up and forgets the shim, which then holds
+# "runc init" for ever (docs/runtime.md, "Abandoned creates").
+[timeouts]
+  "io.containerd.timeout.shim.cleanup" = "30s"
 CFG
 logf=$FNLET_LOGS/containerd-$FNLET_CONTAINERD.log
 # setsid: the daemon must not die with the shell that started it.

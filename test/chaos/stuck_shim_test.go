@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -22,49 +23,63 @@ time="2026-12-06T05:24:02Z" level=info msg="other line" id=fnlet-ccc
 	if want := map[string]bool{"fnlet-aaa": true}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("retriedCreates = %v, want %v", got, want)
 	}
-	self := strconv.Itoa(os.Getpid()) // a live process that does not wait on a FIFO
+	// Stand-ins for shim daemons are children of this test, not the test
+	// process itself: under hack/chaos.sh it has children of its own.
+	fifo := filepath.Join(t.TempDir(), "log")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	idle := start(t, "exec sleep 600")                   // runs nothing, waits on no FIFO
+	blocked := start(t, "exec echo stuck >"+fifo)        // blocks opening the FIFO for writing
+	parent := start(t, "sleep 600 & exec echo x >"+fifo) // blocked too, but has a child
+	// Let both shells reach their blocking open (the kernel's wchan is
+	// polled: there is no event to wait for), then classify.
+	for _, pid := range []string{blocked, parent} {
+		deadline := time.Now().Add(10 * time.Second)
+		for !waitsOnFIFO(pid) {
+			if time.Now().After(deadline) {
+				t.Fatalf("pid %s did not block opening the FIFO in 10s", pid)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	for _, tc := range []struct {
 		leak string
 		want bool
 	}{
 		{"container fnlet-aaa", false},
-		{"shim pid " + self + " for fnlet-ccc", false}, // create not retried
-		{"shim pid " + self + " for fnlet-aaa", false}, // retried, but not blocked on a FIFO
-		{"shim pid 999999999 for fnlet-aaa", false},    // no such process
+		{"shim pid " + idle + " for fnlet-aaa", false},    // retried, but not blocked on a FIFO
+		{"shim pid " + blocked + " for fnlet-ccc", false}, // blocked, but the create was not retried
+		{"shim pid " + parent + " for fnlet-aaa", false},  // blocked, but runs a process
+		{"shim pid 999999999 for fnlet-aaa", false},       // no such process
+		{"shim pid " + blocked + " for fnlet-aaa", true},  // the stuck daemon
 	} {
 		if stuckShim(tc.leak, got) != tc.want {
 			t.Errorf("stuckShim(%q) = %v, want %v", tc.leak, !tc.want, tc.want)
 		}
 	}
+}
 
-	// This process, with a thread blocked opening a FIFO for writing as
-	// the stuck daemon is, reads as a stuck shim for a retried create.
-	fifo := filepath.Join(t.TempDir(), "log")
-	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+// waitsOnFIFO says whether the process's main thread waits in the kernel
+// for the other end of a FIFO.
+func waitsOnFIFO(pid string) bool {
+	w, err := os.ReadFile(filepath.Join("/proc", pid, "wchan"))
+	return err == nil && string(w) == "wait_for_partner"
+}
+
+// start runs script in sh as a child of the test and returns its PID; the
+// child is killed and reaped when the test ends.
+func start(t *testing.T, script string) string {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its children die with it
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	opened := make(chan struct{})
-	go func() {
-		defer close(opened)
-		if f, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
-			f.Close()
-		}
-	}()
-	defer func() { // the reader lets the writer's open return
-		if r, err := os.OpenFile(fifo, os.O_RDONLY, 0); err == nil {
-			<-opened
-			r.Close()
-		}
-	}()
-	leak := "shim pid " + self + " for fnlet-aaa"
-	deadline := time.Now().Add(10 * time.Second)
-	for !stuckShim(leak, got) {
-		if time.Now().After(deadline) {
-			t.Fatal("a thread blocked opening a FIFO did not read as a stuck shim in 10s")
-		}
-		time.Sleep(10 * time.Millisecond) // polls the kernel's wchan; no event to wait for
-	}
-	if stuckShim("shim pid "+self+" for fnlet-ccc", got) {
-		t.Error("a create that was not retried reads as a stuck shim")
-	}
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return strconv.Itoa(cmd.Process.Pid)
 }
