@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +16,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fnlet/fnlet/internal/testenv"
 )
 
 // TestRunAfterInterruptedCreate: a Run cut short at a random moment (the
@@ -162,31 +163,13 @@ func leftovers(t *testing.T, ids []string, retried map[string]bool) []string {
 		}
 	}
 	for pid, id := range shimsOf(want) {
-		if p, _ := strconv.Atoi(pid); retried[id] && waitsForFIFOPartner(p) && !hasChildProcess(pid) {
+		if retried[id] && testenv.WaitsOnFIFO(pid) && !testenv.HasChild(pid) {
 			t.Logf("shim %s of %s is stuck on its log FIFO after the cut create (not counted; docs/runtime.md, \"Stuck shims\")", pid, id)
 			continue
 		}
 		out = append(out, "shim "+pid+" of "+id)
 	}
 	return out
-}
-
-// hasChildProcess says whether any process has pid as its parent.
-func hasChildProcess(pid string) bool {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, p := range stats {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		// Fields after the command name: state, ppid, ...
-		st := string(b)
-		f := strings.Fields(st[strings.LastIndexByte(st, ')')+1:])
-		if len(f) > 1 && f[1] == pid {
-			return true
-		}
-	}
-	return false
 }
 
 // shimsOf finds the shim daemons serving the containers in want: their

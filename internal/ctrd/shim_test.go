@@ -8,12 +8,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/fnlet/fnlet/internal/testenv"
 )
 
 // TestRunPastStuckShim: the shim socket of the call's container ID is held
@@ -117,23 +120,8 @@ func startStuckShim(t *testing.T, addr, ns, id string) <-chan error {
 	go func() { done <- cmd.Wait() }()
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	pid := cmd.Process.Pid
-	poll(t, 10*time.Second, fmt.Sprintf("shim %s (pid %d) blocks on its log FIFO", shim, pid), func() bool { return waitsForFIFOPartner(pid) })
+	poll(t, 10*time.Second, fmt.Sprintf("shim %s (pid %d) blocks on its log FIFO", shim, pid), func() bool { return testenv.WaitsOnFIFO(strconv.Itoa(pid)) })
 	return done
-}
-
-// waitsForFIFOPartner reports whether a thread of pid waits in the kernel
-// for the other end of a FIFO it opens.
-func waitsForFIFOPartner(pid int) bool {
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		return false
-	}
-	for _, t := range tasks {
-		if w, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/wchan", pid, t.Name())); err == nil && string(w) == "wait_for_partner" {
-			return true
-		}
-	}
-	return false
 }
 
 // shimBinaryOf finds the runc shim beside the containerd serving addr (the

@@ -3,14 +3,13 @@ package chaos
 import (
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
+	"github.com/fnlet/fnlet/internal/testenv"
 	"github.com/fnlet/fnlet/internal/testenv/calls"
 	utiltesting "github.com/fnlet/fnlet/internal/testing"
 )
@@ -155,14 +154,8 @@ func retriedCreates(log string) map[string]bool {
 // kernel for the other end of a FIFO (wchan wait_for_partner).
 func stuckShim(leak string, retried map[string]bool) bool {
 	pid, id, ok := shimOfLeak(leak)
-	if !ok || !retried[id] || hasChild(pid) {
+	if !ok || !retried[id] || testenv.HasChild(pid) {
 		return false
 	}
-	tasks, _ := os.ReadDir(filepath.Join("/proc", pid, "task"))
-	for _, task := range tasks {
-		if w, err := os.ReadFile(filepath.Join("/proc", pid, "task", task.Name(), "wchan")); err == nil && string(w) == "wait_for_partner" {
-			return true
-		}
-	}
-	return false
+	return testenv.WaitsOnFIFO(pid)
 }

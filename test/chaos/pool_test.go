@@ -16,6 +16,7 @@ import (
 
 	fnletv1 "github.com/fnlet/fnlet/api/v1alpha1"
 	"github.com/fnlet/fnlet/internal/ctrd"
+	"github.com/fnlet/fnlet/internal/testenv"
 	"github.com/fnlet/fnlet/internal/testenv/calls"
 	utiltesting "github.com/fnlet/fnlet/internal/testing"
 )
@@ -295,31 +296,13 @@ func TestPoolUnderFaults(t *testing.T) {
 // pre-started container that has no child process (it runs nothing).
 func orphanWarmShim(leak string) bool {
 	pid, id, ok := shimOfLeak(leak)
-	return ok && strings.HasPrefix(id, ctrd.ContainerID("warm-")) && !hasChild(pid)
+	return ok && strings.HasPrefix(id, ctrd.ContainerID("warm-")) && !testenv.HasChild(pid)
 }
 
 // shimOfLeak parses a leak line of hostLeaks about a shim daemon.
 func shimOfLeak(leak string) (pid, id string, ok bool) {
 	n, _ := fmt.Sscanf(leak, "shim pid %s for %s", &pid, &id)
 	return pid, id, n == 2
-}
-
-// hasChild says whether any process has pid as its parent.
-func hasChild(pid string) bool {
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		b, err := os.ReadFile(filepath.Join("/proc", p.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the command name: state, ppid, ...
-		st := string(b)
-		f := strings.Fields(st[strings.LastIndexByte(st, ')')+1:])
-		if len(f) > 1 && f[1] == pid {
-			return true
-		}
-	}
-	return false
 }
 
 // fault is one fault a row injects between waves of calls.

@@ -1,7 +1,6 @@
 package chaos
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
@@ -9,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fnlet/fnlet/internal/testenv"
 )
 
 // TestUnitStuckShimClassification: only the create the runtime logged as
@@ -36,7 +37,7 @@ time="2026-12-06T05:24:02Z" level=info msg="other line" id=fnlet-ccc
 	// polled: there is no event to wait for), then classify.
 	for _, pid := range []string{blocked, parent} {
 		deadline := time.Now().Add(10 * time.Second)
-		for !waitsOnFIFO(pid) {
+		for !testenv.WaitsOnFIFO(pid) {
 			if time.Now().After(deadline) {
 				t.Fatalf("pid %s did not block opening the FIFO in 10s", pid)
 			}
@@ -58,13 +59,6 @@ time="2026-12-06T05:24:02Z" level=info msg="other line" id=fnlet-ccc
 			t.Errorf("stuckShim(%q) = %v, want %v", tc.leak, !tc.want, tc.want)
 		}
 	}
-}
-
-// waitsOnFIFO says whether the process's main thread waits in the kernel
-// for the other end of a FIFO.
-func waitsOnFIFO(pid string) bool {
-	w, err := os.ReadFile(filepath.Join("/proc", pid, "wchan"))
-	return err == nil && string(w) == "wait_for_partner"
 }
 
 // start runs script in sh as a child of the test and returns its PID; the
