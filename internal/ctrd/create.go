@@ -314,8 +314,11 @@ func (r *Runtime) takeOverTask(ctx context.Context, h *callHandle, cfg cio.Confi
 }
 
 // staleBundleWait bounds how long newTask waits for containerd to remove
-// the bundle of an interrupted create (its cleanup gives up after 2×5 s).
-const staleBundleWait = 20 * time.Second
+// the bundle of an interrupted create. containerd's cleanup gives up after
+// twice io.containerd.timeout.shim.cleanup (a delete, then a shutdown, to a
+// shim that may never answer): 2×15 s with the 15 s fnlet asks nodes to set
+// (docs/runtime.md, "Abandoned creates"), 2×5 s with containerd's default.
+const staleBundleWait = 40 * time.Second
 
 // newTask creates the call's task, retrying what an interrupted earlier
 // create leaves in the way (docs/runtime.md, "Interrupted creates"):
