@@ -140,6 +140,9 @@ containerdConfigPatches:
 - |
   [plugins."io.containerd.grpc.v1.cri"]
     restrict_oom_score_adj = true
+  # What README asks of every fnlet node (docs/runtime.md, "Abandoned creates").
+  [timeouts]
+    "io.containerd.timeout.shim.cleanup" = "15s"
 EOF
 }
 
@@ -174,6 +177,8 @@ load_images() {
 	# not load into: the test function and the samples' busybox go there.
 	mapfile -t nodes < <("$KIND" get nodes --name "$CLUSTER")
 	for node in "${nodes[@]}"; do
+		docker exec "$node" containerd config dump | grep -q 'io.containerd.timeout.shim.cleanup.*15s' ||
+			die "kind node $node: containerd did not take the shim cleanup timeout of the cluster config"
 		for tar in "$TESTFN_TAR" "$BUSYBOX_TAR"; do
 			docker exec -i "$node" ctr -n fnlet images import - <"$tar" >/dev/null
 		done
