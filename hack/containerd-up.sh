@@ -42,12 +42,13 @@ disabled_plugins = [$cri]
 [debug]
   level = "info"
 # A create cut short (the client died) makes containerd delete the new task
-# within this timeout (and shut its shim down within as much again), but the runc shim waits up to 10 s for the IO of a
-# created, never started process to drain before it deletes it. At the
-# default 5 s containerd gives up and forgets the shim, which then holds
-# "runc init" for ever (docs/runtime.md, "Abandoned creates"). Not much
-# more: the runtime waits 40 s (2 x 15 s + 10) for that cleanup to remove
-# the bundle in the way of a retried create (staleBundleWait).
+# within this timeout (and shut its shim down within as much again), but
+# the runc shim waits up to 10 s for the IO of a created, never started
+# process to drain before it deletes it. At the default 5 s containerd
+# gives up and forgets the shim, which then holds "runc init" for ever
+# (docs/runtime.md, "Abandoned creates"). Not much more: the runtime waits
+# 40 s (2 x 15 s + 10) for that cleanup to remove the bundle in the way of
+# a retried create (staleBundleWait).
 [timeouts]
   "io.containerd.timeout.shim.cleanup" = "15s"
 CFG

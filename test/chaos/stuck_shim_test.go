@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"reflect"
@@ -30,19 +31,18 @@ time="2026-12-06T05:24:02Z" level=info msg="other line" id=fnlet-ccc
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	idle := start(t, "exec sleep 600")                   // runs nothing, waits on no FIFO
-	blocked := start(t, "exec echo stuck >"+fifo)        // blocks opening the FIFO for writing
-	parent := start(t, "sleep 600 & exec echo x >"+fifo) // blocked too, but has a child
-	// Let both shells reach their blocking open (the kernel's wchan is
-	// polled: there is no event to wait for), then classify.
+	idle := startShell(t, "exec sleep 600")                   // runs nothing, waits on no FIFO
+	blocked := startShell(t, "exec echo stuck >"+fifo)        // blocks opening the FIFO for writing
+	parent := startShell(t, "sleep 600 & exec echo x >"+fifo) // blocked too, but has a child
+	// Let both shells reach their blocking open, then classify. The
+	// kernel's wchan is the only signal of it, and no event reports it.
 	for _, pid := range []string{blocked, parent} {
-		deadline := time.Now().Add(10 * time.Second)
-		for !testenv.WaitsOnFIFO(pid) {
-			if time.Now().After(deadline) {
-				t.Fatalf("pid %s did not block opening the FIFO in 10s", pid)
+		testenv.Eventually(t, 10*time.Second, 10*time.Millisecond, "pid "+pid+" blocks opening the FIFO", func() error {
+			if !testenv.WaitsOnFIFO(pid) {
+				return fmt.Errorf("wchan is not wait_for_partner")
 			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	for _, tc := range []struct {
 		leak string
@@ -61,9 +61,9 @@ time="2026-12-06T05:24:02Z" level=info msg="other line" id=fnlet-ccc
 	}
 }
 
-// start runs script in sh as a child of the test and returns its PID; the
+// startShell runs script in sh as a child of the test and returns its PID; the
 // child is killed and reaped when the test ends.
-func start(t *testing.T, script string) string {
+func startShell(t *testing.T, script string) string {
 	t.Helper()
 	cmd := exec.Command("sh", "-c", script)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its children die with it
